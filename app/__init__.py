@@ -1,0 +1,3 @@
+"""Tollway: an LLM gateway with team budgets, cheapest-adequate routing, prompt caching and a ledger."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""HTTP endpoints: thin adapters from a wire format to the pipeline."""

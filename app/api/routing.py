@@ -1,0 +1,36 @@
+"""``POST /v1/routing/explain``: what the router would do with a request, without calling a model."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.api.errors import GatewayError, error_response
+from app.domain import ClientFormat
+from app.pipeline import Pipeline, parse_chat, read_json_body
+from app.routing.router import RouteError
+
+
+async def explain(request: Request) -> Response:
+    pipeline: Pipeline = request.app.state.pipeline
+    fmt: ClientFormat = (
+        "anthropic"
+        if request.query_params.get("format") == "anthropic" or "anthropic-version" in request.headers
+        else "openai"
+    )
+    try:
+        body = await read_json_body(request, pipeline.s.settings.max_body_bytes)
+        principal = await pipeline.authenticate(request)
+        chat = parse_chat(fmt, body, request)
+        result = pipeline.s.router.explain(
+            chat,
+            principal,
+            task_hint=request.headers.get("x-tollway-task"),
+            budget_share_used=pipeline.s.budget_share_used(principal),
+        )
+    except GatewayError as err:
+        return error_response(err, fmt)
+    except RouteError as err:
+        return error_response(GatewayError(err.kind, err.message, status=err.status), fmt)  # type: ignore[arg-type]
+    return Response(orjson.dumps(result), media_type="application/json")

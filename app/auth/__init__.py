@@ -1,0 +1,1 @@
+"""Authentication: Tollway keys → the team (Principal) a request belongs to."""

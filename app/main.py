@@ -1,0 +1,122 @@
+"""The application factory: routes, the lifespan that builds and closes every service.
+
+``create_app()`` reads settings from the environment; tests pass their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app import __version__
+from app.api import chat, health, models, routing
+from app.api.errors import GatewayError, error_response
+from app.config import Catalog, Settings, load_catalog, load_settings
+from app.observability.logging import configure_logging
+from app.pipeline import Pipeline
+from app.services import build_services
+
+log = logging.getLogger("tollway")
+
+
+def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    catalog = catalog or load_catalog(settings.config)
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await build_services(settings, catalog)
+        app.state.services = services
+        app.state.pipeline = Pipeline(services)
+        app.state.draining = False
+        if settings.metrics_port:
+            from app.api.metrics import start_metrics_server
+
+            start_metrics_server(services.metrics, settings.metrics_port)
+        log.info("tollway %s ready", __version__)
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            await services.aclose()
+
+    app = FastAPI(
+        title="Tollway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    # Chat endpoints are plain Starlette routes: no per-request dependency solving on the hot path.
+    for path in ("/v1/messages", "/v1/v1/messages"):
+        app.router.add_route(path, chat.messages, methods=["POST"])
+    app.router.add_route("/v1/messages/count_tokens", chat.count_tokens, methods=["POST"])
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        app.router.add_route(path, chat.chat_completions, methods=["POST"])
+    app.router.add_route("/v1/models", models.list_models, methods=["GET"])
+    app.router.add_route("/v1/models/{model_id:path}", models.get_model, methods=["GET"])
+    app.router.add_route("/v1/routing/explain", routing.explain, methods=["POST"])
+    app.router.add_route("/healthz", health.healthz, methods=["GET"])
+    app.router.add_route("/readyz", health.readyz, methods=["GET"])
+
+    from app.api import admin, me
+    from app.api import metrics as metrics_api
+    from app.dashboard import routes as dashboard
+
+    app.include_router(admin.router)
+    app.include_router(me.router)
+    app.include_router(metrics_api.router)
+    app.include_router(dashboard.router)
+
+    if any(_simulated(settings, catalog, name) for name in catalog.providers) and not settings.simulator_url:
+        from app.simulator import SimulatorConfig, create_simulator_app
+
+        sim_config = SimulatorConfig.from_env()
+        sim_config.min_cache_tokens = _min_cache_tokens(catalog)
+        app.mount("/simulator", create_simulator_app(sim_config))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        fmt = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+        kind = {
+            401: "authentication",
+            403: "permission",
+            404: "not_found",
+            405: "invalid_request",
+            413: "request_too_large",
+        }.get(exc.status_code, "invalid_request")
+        message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+        return error_response(GatewayError(kind, message, status=exc.status_code), fmt)  # type: ignore[arg-type]
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        fmt = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+        return error_response(GatewayError("api_error", "internal error in Tollway", status=500), fmt)
+
+    return app
+
+
+def _min_cache_tokens(catalog: Catalog) -> Callable[[str], int]:
+    """The simulator caches prefixes by the same per-model minimums the catalog declares."""
+
+    def lookup(model_id: str) -> int:
+        name = catalog.resolve_model(model_id)
+        return catalog.models[name].min_cache_tokens if name else 1024
+
+    return lookup
+
+
+def _simulated(settings: Settings, catalog: Catalog, provider: str) -> bool:
+    if settings.simulator == "always":
+        return True
+    return settings.simulator == "auto" and catalog.providers[provider].credential() is None

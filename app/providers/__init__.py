@@ -1,0 +1,1 @@
+"""Provider adapters: one for Anthropic, one for every OpenAI-compatible upstream."""

@@ -1,0 +1,120 @@
+"""The Anthropic Messages adapter (the real API, or anything speaking its wire format)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import httpx
+import orjson
+
+from app.api.errors import GatewayError
+from app.config import ProviderConfig
+from app.domain import ChatRequest, ChatResponse, StreamEvent
+from app.providers.base import UpstreamError
+from app.providers.http import SSEUpstreamStream, connection_error, forwarded_headers, make_client, send
+from app.wire import anthropic as wire
+from app.wire.sse import SSEEvent
+
+LEGACY_VERSION = "2023-06-01"
+
+
+class AnthropicProvider:
+    kind = "anthropic"
+
+    def __init__(
+        self, name: str, cfg: ProviderConfig, *, base_url: str, credential: str | None, is_simulator: bool
+    ) -> None:
+        self.name = name
+        self.is_simulator = is_simulator
+        self._client = make_client(cfg)
+        root = base_url.rstrip("/")
+        self._messages_url = f"{root}/v1/messages"
+        self._count_url = f"{root}/v1/messages/count_tokens"
+        self._headers = {"content-type": "application/json", **cfg.extra_headers}
+        if credential:
+            self._headers["x-api-key"] = credential
+
+    def _request_headers(self, req: ChatRequest, client_headers: Mapping[str, str]) -> dict[str, str]:
+        headers = dict(self._headers)
+        # API version 2026-10-21 rejects sampling parameters; a request that still carries them (the
+        # model's config allows them) is sent under the version that accepts them.
+        has_sampling = req.temperature is not None or req.top_p is not None or req.top_k is not None
+        headers["anthropic-version"] = (
+            LEGACY_VERSION if has_sampling else (req.anthropic_version or LEGACY_VERSION)
+        )
+        if req.anthropic_beta:
+            headers["anthropic-beta"] = req.anthropic_beta
+        headers.update(forwarded_headers(client_headers, is_simulator=self.is_simulator))
+        return headers
+
+    async def complete(
+        self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]
+    ) -> ChatResponse:
+        body = wire.build_request(req, upstream_model, stream=False)
+        response = await send(
+            self._client,
+            self._messages_url,
+            body,
+            self._request_headers(req, headers),
+            stream=False,
+            provider=self.name,
+        )
+        try:
+            return wire.parse_response(orjson.loads(response.content))
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            raise UpstreamError(
+                502, "api_error", f"the upstream provider '{self.name}' sent a malformed response"
+            ) from exc
+
+    async def open_stream(
+        self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]
+    ) -> SSEUpstreamStream:
+        body = wire.build_request(req, upstream_model, stream=True)
+        response = await send(
+            self._client,
+            self._messages_url,
+            body,
+            self._request_headers(req, headers),
+            stream=True,
+            provider=self.name,
+        )
+        return SSEUpstreamStream(response, _translator(self.name), self.name)
+
+    async def count_tokens(self, req: ChatRequest, upstream_model: str) -> int | None:
+        body = wire.build_request(req, upstream_model, stream=False)
+        body.pop("max_tokens", None)
+        body.pop("stop_sequences", None)
+        body.pop("metadata", None)
+        try:
+            response = await send(
+                self._client,
+                self._count_url,
+                body,
+                self._request_headers(req, {}),
+                stream=False,
+                provider=self.name,
+            )
+        except UpstreamError:
+            return None
+        except httpx.HTTPError as exc:  # pragma: no cover - send() maps these already
+            raise connection_error(exc, self.name) from exc
+        value = orjson.loads(response.content).get("input_tokens")
+        return value if isinstance(value, int) else None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _translator(provider: str) -> Callable[[AsyncIterator[SSEEvent]], AsyncIterator[StreamEvent]]:
+    async def events(sse: AsyncIterator[SSEEvent]) -> AsyncIterator[StreamEvent]:
+        async for item in sse:
+            try:
+                yield wire.parse_event(item.event, item.data, item.raw)
+            except GatewayError as exc:
+                # An UpstreamError becomes the client's in-stream error event; anything else would
+                # cut the client's stream without a word.
+                raise UpstreamError(
+                    502, "api_error", f"the upstream provider '{provider}' sent a malformed stream"
+                ) from exc
+
+    return events

@@ -1,0 +1,132 @@
+"""Everything a request needs, built once at start-up and closed at shutdown.
+
+Endpoints reach it as ``request.app.state.services``; tests build it with ``build_services``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.auth.keystore import KeyStore
+from app.budgets.limiter import Limiter, create_limiter
+from app.caching.response_cache import ResponseCache, create_response_cache
+from app.config import Catalog, Settings
+from app.db.migrate import prepare_database
+from app.ledger.recorder import Recorder
+from app.ledger.spool import DiskSpool, RedisSpool, Spool
+from app.observability.metrics import Metrics
+from app.providers.registry import ProviderRegistry
+from app.routing.health import DeploymentHealth
+from app.routing.router import Router
+from app.teams.store import TeamStore
+
+log = logging.getLogger("tollway")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    catalog: Catalog
+    providers: ProviderRegistry
+    engine: AsyncEngine
+    teams: TeamStore
+    keys: KeyStore
+    recorder: Recorder
+    limiter: Limiter
+    health: DeploymentHealth
+    router: Router
+    response_cache: ResponseCache
+    metrics: Metrics
+    redis: Redis | None = None
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _budget_share: dict[str, float] = field(default_factory=dict)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run work after the response without losing track of it (shutdown waits for it)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def budget_share_used(self, principal: Any) -> float | None:
+        """The last known share of the team's tightest token budget (for budget-aware routing)."""
+        if principal.policy.downgrade_at_budget_share is None:
+            return None
+        return self._budget_share.get(principal.team_id)
+
+    def refresh_gauges(self) -> None:
+        self.metrics.set_ledger(self.recorder.queue_depth, self.recorder.spool_size)
+        for snap in self.health.snapshot():
+            self.metrics.set_breaker_state(snap["deployment"], snap["state"])
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+
+    async def aclose(self) -> None:
+        await self.drain()
+        await self.recorder.aclose()
+        await self.limiter.aclose()
+        await self.response_cache.aclose()
+        await self.providers.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+
+async def build_services(settings: Settings, catalog: Catalog) -> Services:
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    engine = await prepare_database(
+        settings.database_url, auto_migrate=settings.database_url.startswith("sqlite")
+    )
+    teams = TeamStore(engine)
+    await seed_teams(settings, catalog, teams)
+    spool: Spool = (
+        RedisSpool(redis, "tw:ledger:spool") if redis is not None else DiskSpool(settings.spool_dir)
+    )
+    recorder = Recorder(
+        engine,
+        batch_size=settings.ledger_batch_size,
+        flush_interval_s=settings.ledger_flush_interval_s,
+        queue_max=settings.ledger_queue_max,
+        spool=spool,
+    )
+    recorder.start()
+    health = DeploymentHealth(failures_to_trip=settings.cooldown_failures, cooldown_s=settings.cooldown_s)
+    return Services(
+        settings=settings,
+        catalog=catalog,
+        providers=ProviderRegistry(settings, catalog),
+        engine=engine,
+        teams=teams,
+        keys=KeyStore(engine, ttl_s=settings.key_cache_ttl_s),
+        recorder=recorder,
+        limiter=create_limiter(settings, redis),
+        health=health,
+        router=Router(catalog, health),
+        response_cache=create_response_cache(settings, redis),
+        metrics=Metrics(team_label_cap=settings.metrics_team_label_cap),
+        redis=redis,
+    )
+
+
+async def seed_teams(settings: Settings, catalog: Catalog, teams: TeamStore) -> None:
+    """Teams and keys declared in config or by TOLLWAY_DEV_KEY exist before the first request."""
+    seeds = list(catalog.seed_teams)
+    if settings.dev_key:
+        from app.config import TeamSeed
+
+        seeds.append(TeamSeed(name="dev", keys=[settings.dev_key]))
+    for seed in seeds:
+        await teams.ensure_seed(seed.name, seed.keys)

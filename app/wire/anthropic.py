@@ -1,0 +1,379 @@
+"""Anthropic Messages wire format ↔ canonical form, in both directions.
+
+Client side: ``parse_request`` (JSON body → ChatRequest), ``encode_response`` (ChatResponse → JSON),
+``encode_event`` (StreamEvent → SSE bytes). Provider side: ``build_request`` (ChatRequest → JSON body),
+``parse_response`` (JSON → ChatResponse), ``parse_usage`` (usage object → Usage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from app.api.errors import GatewayError, invalid
+from app.domain import Block, ChatRequest, ChatResponse, Message, ResponseFormat, StreamEvent, Tool, Usage
+
+# Fields of the request body Tollway interprets; everything else is passed through in `extra`.
+_KNOWN_FIELDS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "cache_control",
+        "output_config",
+    }
+)
+_ROLES = frozenset({"user", "assistant", "system"})
+
+
+def _content_blocks(content: Any, where: str) -> list[Block]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise invalid(f"{where}: content must be a string or an array of content blocks", where)
+    for i, block in enumerate(content):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise invalid(f"{where}.{i}: each content block must be an object with a string 'type'", where)
+        if block["type"] == "text" and not isinstance(block.get("text"), str):
+            raise invalid(f"{where}.{i}.text: text blocks need a string 'text'", where)
+    return content
+
+
+def _int_field(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise invalid(f"{name}: must be an integer ≥ {minimum}", name)
+    return value
+
+
+def _number_field(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise invalid(f"{name}: must be a number", name)
+    return float(value)
+
+
+def parse_request(body: Any, *, anthropic_version: str | None, anthropic_beta: str | None) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise invalid("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("model: field required (a model id or a Tollway route)", "model")
+    if body.get("max_tokens") is None:
+        raise invalid("max_tokens: field required", "max_tokens")
+    max_tokens = _int_field(body, "max_tokens", minimum=1)
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list):
+        raise invalid("messages: field required (an array of messages)", "messages")
+    messages: list[Message] = []
+    for i, m in enumerate(raw_messages):
+        if not isinstance(m, dict):
+            raise invalid(f"messages.{i}: must be an object", "messages")
+        role = m.get("role")
+        if role not in _ROLES:
+            raise invalid(f"messages.{i}.role: must be 'user', 'assistant' or 'system'", "messages")
+        messages.append(
+            Message(role=role, content=_content_blocks(m.get("content"), f"messages.{i}.content"))
+        )
+
+    system_raw = body.get("system")
+    system = [] if system_raw is None else _content_blocks(system_raw, "system")
+
+    stop = body.get("stop_sequences") or []
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise invalid("stop_sequences: must be an array of strings", "stop_sequences")
+
+    tools: list[Tool] = []
+    raw_tools = body.get("tools") or []
+    if not isinstance(raw_tools, list):
+        raise invalid("tools: must be an array", "tools")
+    for i, t in enumerate(raw_tools):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise invalid(f"tools.{i}: each tool needs a string 'name'", "tools")
+        schema = t.get("input_schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise invalid(f"tools.{i}.input_schema: must be a JSON Schema object", "tools")
+        extra = {k: v for k, v in t.items() if k not in ("name", "description", "input_schema")}
+        tools.append(
+            Tool(name=t["name"], description=t.get("description"), input_schema=schema or {}, extra=extra)
+        )
+
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and (not isinstance(tool_choice, dict) or "type" not in tool_choice):
+        raise invalid("tool_choice: must be an object with a 'type'", "tool_choice")
+
+    response_format: ResponseFormat | None = None
+    extra = {k: v for k, v in body.items() if k not in _KNOWN_FIELDS}
+    output_config = body.get("output_config")
+    if isinstance(output_config, dict):
+        fmt = output_config.get("format")
+        understood = isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+        if isinstance(fmt, dict) and understood:
+            response_format = ResponseFormat(type="json_schema", schema=fmt.get("schema"))
+        # A format Tollway does not understand passes through like any unknown field.
+        rest = {k: v for k, v in output_config.items() if k != "format" or not understood}
+        if rest:
+            extra["output_config"] = rest
+
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise invalid("metadata: must be an object", "metadata")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise invalid("stream: must be a boolean", "stream")
+    cache_control = body.get("cache_control")
+    if cache_control is not None and not isinstance(cache_control, dict):
+        raise invalid("cache_control: must be an object", "cache_control")
+
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        client_format="anthropic",
+        system=system,
+        stream=stream,
+        stop_sequences=stop,
+        temperature=_number_field(body, "temperature"),
+        top_p=_number_field(body, "top_p"),
+        top_k=_int_field(body, "top_k", minimum=0),
+        tools=tools,
+        tool_choice=tool_choice,
+        response_format=response_format,
+        metadata=metadata,
+        cache_control=cache_control,
+        extra=extra,
+        anthropic_version=anthropic_version,
+        anthropic_beta=anthropic_beta,
+    )
+
+
+# ---- provider side: canonical → Anthropic request -------------------------------------------------
+
+
+def build_request(req: ChatRequest, upstream_model: str, *, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": upstream_model,
+        "max_tokens": req.max_tokens,
+        "messages": [{"role": m.role, "content": m.content} for m in req.messages],
+    }
+    if req.system:
+        body["system"] = req.system
+    if req.stop_sequences:
+        body["stop_sequences"] = req.stop_sequences
+    if stream:
+        body["stream"] = True
+    for name in ("temperature", "top_p", "top_k"):
+        value = getattr(req, name)
+        if value is not None:
+            body[name] = value
+    if req.tools:
+        body["tools"] = [_tool_json(t) for t in req.tools]
+    if req.tool_choice is not None:
+        body["tool_choice"] = req.tool_choice
+    if req.metadata:
+        # Anthropic accepts only user_id in metadata.
+        user_id = req.metadata.get("user_id")
+        if isinstance(user_id, str):
+            body["metadata"] = {"user_id": user_id}
+    if req.cache_control is not None:
+        body["cache_control"] = req.cache_control
+    if req.client_format == "anthropic":
+        body.update(req.extra)  # unknown fields pass through to the same format
+    if req.response_format is not None:
+        output_config = dict(body.get("output_config") or {})
+        schema = req.response_format.schema or {"type": "object"}
+        output_config["format"] = {"type": "json_schema", "schema": schema}
+        body["output_config"] = output_config
+    return body
+
+
+def _tool_json(tool: Tool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        out["description"] = tool.description
+    server_tool = tool.extra.get("type") not in (None, "custom")
+    if tool.input_schema or not server_tool:
+        out["input_schema"] = tool.input_schema or {"type": "object", "properties": {}}
+    out.update(tool.extra)
+    return out
+
+
+# ---- responses ---------------------------------------------------------------------------------------
+
+
+def parse_usage(u: dict[str, Any] | None) -> Usage:
+    if not u:
+        return Usage()
+    write_total = u.get("cache_creation_input_tokens") or 0
+    split = u.get("cache_creation") or {}
+    w1h = split.get("ephemeral_1h_input_tokens") or 0
+    w5m = split.get("ephemeral_5m_input_tokens")
+    if w5m is None:
+        w5m = max(write_total - w1h, 0)
+    return Usage(
+        input_tokens=u.get("input_tokens") or 0,
+        output_tokens=u.get("output_tokens") or 0,
+        cache_write_5m_tokens=w5m,
+        cache_write_1h_tokens=w1h,
+        cache_read_tokens=u.get("cache_read_input_tokens") or 0,
+    )
+
+
+def merge_stream_usage(usage: Usage, u: dict[str, Any]) -> None:
+    """Apply a message_delta usage object: cumulative values that replace, only where present."""
+    if "output_tokens" in u and u["output_tokens"] is not None:
+        usage.output_tokens = u["output_tokens"]
+    if u.get("input_tokens") is not None:
+        usage.input_tokens = u["input_tokens"]
+    if u.get("cache_read_input_tokens") is not None:
+        usage.cache_read_tokens = u["cache_read_input_tokens"]
+    if u.get("cache_creation_input_tokens") is not None:
+        fresh = parse_usage(u)
+        usage.cache_write_5m_tokens = fresh.cache_write_5m_tokens
+        usage.cache_write_1h_tokens = fresh.cache_write_1h_tokens
+
+
+_RESPONSE_KNOWN = frozenset(
+    {"id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"}
+)
+
+
+def parse_response(data: dict[str, Any]) -> ChatResponse:
+    return ChatResponse(
+        id=data.get("id") or "msg_unknown",
+        model=data.get("model") or "",
+        content=data.get("content") or [],
+        stop_reason=data.get("stop_reason"),
+        stop_sequence=data.get("stop_sequence"),
+        usage=parse_usage(data.get("usage")),
+        extra={k: v for k, v in data.items() if k not in _RESPONSE_KNOWN},
+    )
+
+
+def usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_write_5m_tokens,
+            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
+        },
+        "output_tokens": usage.output_tokens,
+    }
+
+
+def response_json(resp: ChatResponse, *, same_format: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": resp.id if resp.id.startswith("msg_") else f"msg_{resp.id}",
+        "type": "message",
+        "role": "assistant",
+        "model": resp.model,
+        "content": resp.content,
+        "stop_reason": resp.stop_reason or "end_turn",
+        "stop_sequence": resp.stop_sequence,
+        "usage": usage_json(resp.usage),
+    }
+    if same_format:
+        body.update(resp.extra)
+    return body
+
+
+def encode_response(resp: ChatResponse, *, same_format: bool) -> bytes:
+    return orjson.dumps(response_json(resp, same_format=same_format))
+
+
+# ---- streaming ---------------------------------------------------------------------------------------
+
+
+def encode_event(event: StreamEvent) -> bytes:
+    if event.raw is not None:
+        return event.raw
+    return b"event: " + event.type.encode() + b"\ndata: " + orjson.dumps(event.data) + b"\n\n"
+
+
+def response_to_events(resp: ChatResponse) -> list[StreamEvent]:
+    """A complete answer as a well-formed Anthropic event stream (response-cache replay, translation)."""
+    start_usage = usage_json(resp.usage)
+    start_usage["output_tokens"] = 0
+    events = [
+        StreamEvent(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": resp.id if resp.id.startswith("msg_") else f"msg_{resp.id}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": resp.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": start_usage,
+                },
+            },
+        )
+    ]
+    for index, block in enumerate(resp.content):
+        btype = block.get("type")
+        if btype == "text":
+            events.append(_block_start(index, {"type": "text", "text": ""}))
+            events.append(_delta(index, {"type": "text_delta", "text": block.get("text", "")}))
+        elif btype == "tool_use":
+            empty: Block = {"type": "tool_use", "id": block.get("id"), "name": block.get("name"), "input": {}}
+            events.append(_block_start(index, empty))
+            partial = orjson.dumps(block.get("input", {})).decode()
+            events.append(_delta(index, {"type": "input_json_delta", "partial_json": partial}))
+        elif btype == "thinking":
+            events.append(_block_start(index, {"type": "thinking", "thinking": ""}))
+            events.append(_delta(index, {"type": "thinking_delta", "thinking": block.get("thinking", "")}))
+            if block.get("signature"):
+                events.append(_delta(index, {"type": "signature_delta", "signature": block["signature"]}))
+        else:
+            events.append(_block_start(index, block))
+        events.append(StreamEvent("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(
+        StreamEvent(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": resp.stop_reason or "end_turn", "stop_sequence": resp.stop_sequence},
+                "usage": usage_json(resp.usage),
+            },
+        )
+    )
+    events.append(StreamEvent("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def _block_start(index: int, block: Block) -> StreamEvent:
+    return StreamEvent(
+        "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
+    )
+
+
+def _delta(index: int, delta: dict[str, Any]) -> StreamEvent:
+    return StreamEvent("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def parse_event(event_name: str | None, data: bytes, raw: bytes) -> StreamEvent:
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError("api_error", "the upstream sent a malformed stream event") from exc
+    name = event_name or (payload.get("type") if isinstance(payload, dict) else None) or "unknown"
+    return StreamEvent(name, payload, raw)

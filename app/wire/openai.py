@@ -1,0 +1,758 @@
+"""OpenAI Chat Completions wire format ↔ canonical form, in both directions.
+
+Client side: ``parse_request``, ``encode_response``, ``ChunkEncoder`` (canonical events → chunks).
+Provider side: ``build_request``, ``parse_response``, ``ChunkDecoder`` (chunks → canonical events).
+
+Mapping rules (both directions): system/developer messages → the system prompt; tool messages →
+``tool_result`` blocks in a user turn; assistant ``tool_calls`` ↔ ``tool_use`` blocks; finish reasons
+↔ stop reasons; usage ↔ usage with cached tokens (OpenAI's ``prompt_tokens`` includes them,
+Anthropic's ``input_tokens`` does not).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from app.api.errors import invalid
+from app.domain import Block, ChatRequest, ChatResponse, Message, ResponseFormat, StreamEvent, Tool, Usage
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "stream",
+        "stream_options",
+        "stop",
+        "temperature",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "metadata",
+        "seed",
+        "n",
+        "user",
+    }
+)
+
+FINISH_FROM_STOP = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "stop",
+}
+STOP_FROM_FINISH = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+# ---- client side: OpenAI request → canonical ----------------------------------------------------------
+
+
+def _data_url_source(url: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";")[0] or "application/octet-stream"
+        return {"type": "base64", "media_type": media_type, "data": data}
+    return {"type": "url", "url": url}
+
+
+def _user_parts(content: Any, where: str) -> list[Block]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if content is None:
+        return []
+    if not isinstance(content, list):
+        raise invalid(f"{where}: content must be a string or an array of content parts", where)
+    blocks: list[Block] = []
+    for i, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise invalid(f"{where}[{i}]: content parts must be objects", where)
+        ptype = part.get("type")
+        if ptype == "text":
+            if not isinstance(part.get("text"), str):
+                raise invalid(f"{where}[{i}].text: must be a string", where)
+            blocks.append({"type": "text", "text": part["text"]})
+        elif ptype == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else None
+            if not isinstance(url, str):
+                raise invalid(f"{where}[{i}].image_url.url: must be a string", where)
+            blocks.append({"type": "image", "source": _data_url_source(url)})
+        elif ptype == "file":
+            file: dict[str, Any] = part["file"] if isinstance(part.get("file"), dict) else {}
+            if isinstance(file.get("file_data"), str):
+                source = _data_url_source(file["file_data"])
+            elif isinstance(file.get("file_id"), str):
+                source = {"type": "file", "file_id": file["file_id"]}
+            else:
+                raise invalid(f"{where}[{i}].file: needs file_data or file_id", where)
+            doc: Block = {"type": "document", "source": source}
+            if isinstance(file.get("filename"), str):
+                doc["title"] = file["filename"]
+            blocks.append(doc)
+        else:
+            raise invalid(f"{where}[{i}].type: content part type '{ptype}' is not supported", where)
+    return blocks
+
+
+def _text_of(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in _user_parts(content, where) if b["type"] == "text")
+    if content is None:
+        return ""
+    raise invalid(f"{where}: content must be a string or an array of text parts", where)
+
+
+def _append(messages: list[Message], role: str, blocks: list[Block]) -> None:
+    # Consecutive same-role turns merge (the Messages API requires alternation); tool results first.
+    if messages and messages[-1].role == role:
+        messages[-1].content.extend(blocks)
+    else:
+        messages.append(Message(role=role, content=blocks))  # type: ignore[arg-type]
+
+
+def parse_request(body: Any) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise invalid("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("you must provide a model parameter", "model")
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise invalid("messages: must be a non-empty array", "messages")
+    n = body.get("n")
+    if n not in (None, 1):
+        raise invalid("n: only n=1 is supported by Tollway", "n")
+
+    system: list[Block] = []
+    messages: list[Message] = []
+    for i, m in enumerate(raw_messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise invalid(f"{where}: must be an object", "messages")
+        role = m.get("role")
+        content = m.get("content")
+        if role in ("system", "developer"):
+            text = _text_of(content, f"{where}.content")
+            system.append({"type": "text", "text": text})
+        elif role == "user":
+            _append(messages, "user", _user_parts(content, f"{where}.content"))
+        elif role == "assistant":
+            blocks: list[Block] = []
+            text = _text_of(content, f"{where}.content")
+            if text:
+                blocks.append({"type": "text", "text": text})
+            for j, call in enumerate(m.get("tool_calls") or []):
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                    raise invalid(f"{where}.tool_calls[{j}]: needs function.name", "messages")
+                try:
+                    args = orjson.loads(fn.get("arguments") or "{}")
+                except orjson.JSONDecodeError as exc:
+                    raise invalid(
+                        f"{where}.tool_calls[{j}].function.arguments: not valid JSON", "messages"
+                    ) from exc
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.get("id") or f"call_{i}_{j}",
+                        "name": fn["name"],
+                        "input": args,
+                    }
+                )
+            _append(messages, "assistant", blocks or [{"type": "text", "text": ""}])
+        elif role in ("tool", "function"):
+            tool_call_id = m.get("tool_call_id") or m.get("name")
+            if not isinstance(tool_call_id, str):
+                raise invalid(f"{where}.tool_call_id: required for tool messages", "messages")
+            result: Block = {
+                "type": "tool_result",
+                "tool_use_id": tool_call_id,
+                "content": _text_of(content, f"{where}.content"),
+            }
+            _append(messages, "user", [result])
+        else:
+            raise invalid(f"{where}.role: '{role}' is not a valid role", "messages")
+
+    max_tokens_name = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    )
+    max_tokens = body.get(max_tokens_name)
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise invalid(f"{max_tokens_name}: must be a positive integer", max_tokens_name)
+
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop_sequences = [stop]
+    elif stop is None:
+        stop_sequences = []
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stop_sequences = stop
+    else:
+        raise invalid("stop: must be a string or an array of strings", "stop")
+
+    tools: list[Tool] = []
+    for i, t in enumerate(body.get("tools") or []):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise invalid(f"tools[{i}]: needs type 'function' and function.name", "tools")
+        extra = {"strict": fn["strict"]} if fn.get("strict") is not None else {}
+        tools.append(
+            Tool(
+                name=fn["name"],
+                description=fn.get("description"),
+                input_schema=fn.get("parameters") or {"type": "object", "properties": {}},
+                extra=extra,
+            )
+        )
+
+    tool_choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"), bool(tools))
+    response_format = _response_format(body.get("response_format"))
+
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise invalid("stream: must be a boolean", "stream")
+    stream_options = body.get("stream_options") or {}
+    include_usage = bool(stream_options.get("include_usage")) if isinstance(stream_options, dict) else False
+
+    temperature = body.get("temperature")
+    top_p = body.get("top_p")
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise invalid(f"{name}: must be a number", name)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise invalid("seed: must be an integer", "seed")
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise invalid("metadata: must be an object", "metadata")
+    if isinstance(body.get("user"), str):
+        metadata = {**(metadata or {}), "user_id": body["user"]}
+
+    extra = {k: v for k, v in body.items() if k not in _KNOWN_FIELDS}
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        client_format="openai",
+        system=system,
+        stream=stream,
+        stop_sequences=stop_sequences,
+        temperature=float(temperature) if temperature is not None else None,
+        top_p=float(top_p) if top_p is not None else None,
+        tools=tools,
+        tool_choice=tool_choice,
+        response_format=response_format,
+        metadata=metadata,
+        seed=seed,
+        include_usage=include_usage,
+        extra=extra,
+    )
+
+
+def _tool_choice(choice: Any, parallel: Any, has_tools: bool) -> dict[str, Any] | None:
+    result: dict[str, Any] | None
+    if choice is None:
+        result = None
+    elif choice == "none":
+        result = {"type": "none"}
+    elif choice == "auto":
+        result = {"type": "auto"}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str):
+        result = {"type": "tool", "name": choice["function"]["name"]}
+    else:
+        raise invalid(
+            "tool_choice: must be 'none', 'auto', 'required' or {type: 'function', function: {name}}",
+            "tool_choice",
+        )
+    # Without tools there is nothing to parallelise, and upstreams reject a lone tool_choice.
+    if parallel is False and (result is not None or has_tools):
+        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return result
+
+
+def _response_format(fmt: Any) -> ResponseFormat | None:
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise invalid("response_format: must be an object", "response_format")
+    ftype = fmt.get("type")
+    if ftype == "text":
+        return None
+    if ftype == "json_object":
+        return ResponseFormat(type="json_object")
+    if ftype == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise invalid("response_format.json_schema: needs a 'name'", "response_format")
+        return ResponseFormat(
+            type="json_schema", schema=spec.get("schema"), name=spec["name"], strict=spec.get("strict")
+        )
+    raise invalid(f"response_format.type: '{ftype}' is not supported", "response_format")
+
+
+# ---- client side: canonical → OpenAI response -----------------------------------------------------------
+
+
+def usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+        },
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def _chat_id(resp_id: str) -> str:
+    return resp_id if resp_id.startswith("chatcmpl-") else f"chatcmpl-{resp_id}"
+
+
+def response_json(resp: ChatResponse) -> dict[str, Any]:
+    texts = [b.get("text", "") for b in resp.content if b.get("type") == "text"]
+    tool_calls = [
+        {
+            "id": b.get("id"),
+            "type": "function",
+            "function": {"name": b.get("name"), "arguments": orjson.dumps(b.get("input", {})).decode()},
+        }
+        for b in resp.content
+        if b.get("type") == "tool_use"
+    ]
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": _chat_id(resp.id),
+        "object": "chat.completion",
+        "created": resp.created,
+        "model": resp.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": FINISH_FROM_STOP.get(resp.stop_reason or "end_turn", "stop"),
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_json(resp.usage),
+    }
+
+
+def encode_response(resp: ChatResponse) -> bytes:
+    return orjson.dumps(response_json(resp))
+
+
+class ChunkEncoder:
+    """Canonical stream events → OpenAI ``chat.completion.chunk`` SSE lines, one event at a time."""
+
+    def __init__(self, *, include_usage: bool, model: str) -> None:
+        self.include_usage = include_usage
+        self.model = model
+        self.id = "chatcmpl-stream"
+        self.created = int(time.time())
+        self.usage = Usage()
+        self.stop_reason: str | None = None
+        self._tool_index: dict[int, int] = {}  # content block index → tool_calls index
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def encode(self, event: StreamEvent) -> bytes:
+        data = event.data
+        etype = event.type
+        if etype == "content_block_delta":
+            delta = data.get("delta") or {}
+            dtype = delta.get("type")
+            if dtype == "text_delta":
+                return self._chunk({"content": delta.get("text", "")})
+            if dtype == "input_json_delta":
+                idx = self._tool_index.get(data.get("index", -1))
+                if idx is None:
+                    return b""
+                return self._chunk(
+                    {"tool_calls": [{"index": idx, "function": {"arguments": delta.get("partial_json", "")}}]}
+                )
+            return b""
+        if etype == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                idx = len(self._tool_index)
+                self._tool_index[data.get("index", 0)] = idx
+                call = {
+                    "index": idx,
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": ""},
+                }
+                return self._chunk({"tool_calls": [call]})
+            return b""
+        if etype == "message_start":
+            message = data.get("message") or {}
+            if message.get("id"):
+                self.id = _chat_id(message["id"])
+            from app.wire.anthropic import parse_usage
+
+            self.usage = parse_usage(message.get("usage"))
+            return self._chunk({"role": "assistant", "content": ""})
+        if etype == "message_delta":
+            from app.wire.anthropic import merge_stream_usage
+
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+            if data.get("usage"):
+                merge_stream_usage(self.usage, data["usage"])
+            return b""
+        if etype == "message_stop":
+            out = self._chunk({}, FINISH_FROM_STOP.get(self.stop_reason or "end_turn", "stop"))
+            if self.include_usage:
+                usage_chunk = {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": usage_json(self.usage),
+                }
+                out += b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+            return out + b"data: [DONE]\n\n"
+        if etype == "ping":
+            return b": ping\n\n"
+        return b""
+
+
+# ---- provider side: canonical → OpenAI request ------------------------------------------------------------
+
+
+def _part_json(block: Block) -> dict[str, Any] | None:
+    btype = block.get("type")
+    if btype == "text":
+        return {"type": "text", "text": block.get("text", "")}
+    if btype in ("image", "document"):
+        source = block.get("source") or {}
+        if source.get("type") == "base64":
+            url = f"data:{source.get('media_type')};base64,{source.get('data')}"
+        elif source.get("type") == "url":
+            url = source.get("url", "")
+        elif source.get("type") == "file":
+            return {"type": "file", "file": {"file_id": source.get("file_id")}}
+        elif source.get("type") == "text":
+            return {"type": "text", "text": source.get("data", "")}
+        else:
+            return None
+        if btype == "image":
+            return {"type": "image_url", "image_url": {"url": url}}
+        return {"type": "file", "file": {"file_data": url, "filename": block.get("title") or "document"}}
+    return None
+
+
+def _tool_result_text(block: Block) -> str:
+    content = block.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
+def build_request(
+    req: ChatRequest, upstream_model: str, *, stream: bool, max_tokens_field: str = "max_completion_tokens"
+) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    if req.system:
+        messages.append(
+            {
+                "role": "system",
+                "content": "\n\n".join(b.get("text", "") for b in req.system if b.get("type") == "text"),
+            }
+        )
+    for m in req.messages:
+        if m.role == "assistant":
+            text = "".join(b.get("text", "") for b in m.content if b.get("type") == "text")
+            calls = [
+                {
+                    "id": b.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": b.get("name"),
+                        "arguments": orjson.dumps(b.get("input", {})).decode(),
+                    },
+                }
+                for b in m.content
+                if b.get("type") == "tool_use"
+            ]
+            out: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if calls:
+                out["tool_calls"] = calls
+            messages.append(out)
+            continue
+        if m.role == "system":
+            messages.append({"role": "system", "content": "".join(b.get("text", "") for b in m.content)})
+            continue
+        parts: list[dict[str, Any]] = []
+        for b in m.content:
+            if b.get("type") == "tool_result":
+                messages.append(
+                    {"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": _tool_result_text(b)}
+                )
+            else:
+                part = _part_json(b)
+                if part is not None:
+                    parts.append(part)
+        if parts:
+            if len(parts) == 1 and parts[0]["type"] == "text":
+                messages.append({"role": "user", "content": parts[0]["text"]})
+            else:
+                messages.append({"role": "user", "content": parts})
+
+    body: dict[str, Any] = {"model": upstream_model, "messages": messages}
+    if req.max_tokens is not None:
+        body[max_tokens_field] = req.max_tokens
+    if stream:
+        # Always ask for usage: the ledger needs it even when the client did not ask.
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if req.stop_sequences:
+        body["stop"] = req.stop_sequences[:4]
+    if req.temperature is not None:
+        body["temperature"] = req.temperature
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if req.seed is not None:
+        body["seed"] = req.seed
+    if req.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    **({"description": t.description} if t.description else {}),
+                    "parameters": t.input_schema or {"type": "object", "properties": {}},
+                    **({"strict": t.extra["strict"]} if "strict" in t.extra else {}),
+                },
+            }
+            for t in req.tools
+        ]
+    if req.tool_choice is not None:
+        tc = req.tool_choice
+        ctype = tc.get("type")
+        if ctype == "tool":
+            body["tool_choice"] = {"type": "function", "function": {"name": tc.get("name")}}
+        elif ctype in ("auto", "none"):
+            body["tool_choice"] = ctype
+        elif ctype == "any":
+            body["tool_choice"] = "required"
+        if tc.get("disable_parallel_tool_use") and req.tools:
+            body["parallel_tool_calls"] = False
+    if req.response_format is not None:
+        rf = req.response_format
+        if rf.type == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        else:
+            spec: dict[str, Any] = {"name": rf.name or "response", "schema": rf.schema or {"type": "object"}}
+            if rf.strict is not None:
+                spec["strict"] = rf.strict
+            body["response_format"] = {"type": "json_schema", "json_schema": spec}
+    if req.metadata and req.client_format == "openai":
+        body["metadata"] = {k: v for k, v in req.metadata.items() if k != "user_id"} or None
+        if body["metadata"] is None:
+            del body["metadata"]
+        if isinstance(req.metadata.get("user_id"), str):
+            body["user"] = req.metadata["user_id"]
+    if req.client_format == "openai":
+        body.update(req.extra)  # unknown fields pass through to the same format
+    return body
+
+
+# ---- provider side: OpenAI response → canonical ------------------------------------------------------------
+
+
+def parse_usage(u: dict[str, Any] | None) -> Usage:
+    if not u:
+        return Usage()
+    details = u.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or 0
+    written = details.get("cache_write_tokens") or 0
+    prompt = u.get("prompt_tokens") or 0
+    return Usage(
+        input_tokens=max(prompt - cached - written, 0),
+        output_tokens=u.get("completion_tokens") or 0,
+        cache_write_5m_tokens=written,
+        cache_read_tokens=cached,
+    )
+
+
+def parse_response(data: dict[str, Any]) -> ChatResponse:
+    choices = data.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content: list[Block] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    elif message.get("refusal"):
+        content.append({"type": "text", "text": message["refusal"]})
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except orjson.JSONDecodeError:
+            args = {"_unparsed_arguments": fn.get("arguments")}
+        content.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args})
+    finish = choice.get("finish_reason")
+    return ChatResponse(
+        id=data.get("id") or "chatcmpl-unknown",
+        model=data.get("model") or "",
+        content=content,
+        stop_reason=STOP_FROM_FINISH.get(finish or "stop", "end_turn"),
+        usage=parse_usage(data.get("usage")),
+        created=data.get("created") or int(time.time()),
+    )
+
+
+class ChunkDecoder:
+    """OpenAI chunks → canonical (Anthropic-grammar) events, one chunk at a time."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.started = False
+        self.block_index = -1
+        self.open_kind: str | None = None  # "text" | "tool" | None
+        self.tool_blocks: dict[int, int] = {}  # OpenAI tool_calls index → content block index
+        self.finish: str | None = None
+        self.usage = Usage()
+
+    def _start(self, chunk: dict[str, Any]) -> list[StreamEvent]:
+        self.started = True
+        message: dict[str, Any] = {
+            "id": chunk.get("id") or "chatcmpl-stream",
+            "type": "message",
+            "role": "assistant",
+            "model": chunk.get("model") or self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return [StreamEvent("message_start", {"type": "message_start", "message": message})]
+
+    def _close(self) -> list[StreamEvent]:
+        if self.open_kind is None:
+            return []
+        self.open_kind = None
+        return [StreamEvent("content_block_stop", {"type": "content_block_stop", "index": self.block_index})]
+
+    def _open(self, kind: str, block: Block) -> list[StreamEvent]:
+        events = self._close()
+        self.block_index += 1
+        self.open_kind = kind
+        events.append(
+            StreamEvent(
+                "content_block_start",
+                {"type": "content_block_start", "index": self.block_index, "content_block": block},
+            )
+        )
+        return events
+
+    def feed(self, chunk: dict[str, Any]) -> list[StreamEvent]:
+        events: list[StreamEvent] = [] if self.started else self._start(chunk)
+        if chunk.get("usage"):
+            self.usage = parse_usage(chunk["usage"])
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                if self.open_kind != "text":
+                    events += self._open("text", {"type": "text", "text": ""})
+                events.append(
+                    StreamEvent(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": self.block_index,
+                            "delta": {"type": "text_delta", "text": text},
+                        },
+                    )
+                )
+            for call in delta.get("tool_calls") or []:
+                oi = call.get("index", 0)
+                fn = call.get("function") or {}
+                if oi not in self.tool_blocks:
+                    block: Block = {
+                        "type": "tool_use",
+                        "id": call.get("id") or f"call_{oi}",
+                        "name": fn.get("name") or "",
+                        "input": {},
+                    }
+                    events += self._open("tool", block)
+                    self.tool_blocks[oi] = self.block_index
+                args = fn.get("arguments")
+                if args:
+                    events.append(
+                        StreamEvent(
+                            "content_block_delta",
+                            {
+                                "type": "content_block_delta",
+                                "index": self.tool_blocks[oi],
+                                "delta": {"type": "input_json_delta", "partial_json": args},
+                            },
+                        )
+                    )
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return events
+
+    def finish_events(self) -> list[StreamEvent]:
+        events: list[StreamEvent] = [] if self.started else self._start({})
+        events += self._close()
+        from app.wire.anthropic import usage_json
+
+        events.append(
+            StreamEvent(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": STOP_FROM_FINISH.get(self.finish or "stop", "end_turn"),
+                        "stop_sequence": None,
+                    },
+                    "usage": usage_json(self.usage),
+                },
+            )
+        )
+        events.append(StreamEvent("message_stop", {"type": "message_stop"}))
+        return events
