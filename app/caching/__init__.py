@@ -1,0 +1,1 @@
+"""Prompt caching (breakpoints on Claude requests) and the opt-in response cache."""
