@@ -36,10 +36,10 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         app.state.services = services
         app.state.pipeline = Pipeline(services)
         app.state.draining = False
-        if settings.metrics_port:
+        if settings.metrics_port and not services.metrics.multiprocess_dir:
             from app.api.metrics import start_metrics_server
 
-            start_metrics_server(services.metrics, settings.metrics_port)
+            start_metrics_server(services.metrics, settings.metrics_port, settings.host, token=settings.metrics_token)
         log.info("tollway %s ready", __version__)
         try:
             yield

@@ -32,6 +32,7 @@ from app.context import RequestContext, new_request_id
 from app.domain import ChatRequest, ChatResponse, ClientFormat, Usage
 from app.ledger.events import UsageEvent
 from app.observability.logging import log_request
+from app.observability.tracing import span
 from app.providers.base import UpstreamError, UpstreamStream
 from app.providers.dispatch import Dispatcher, reject_sampling, without_sampling
 from app.routing.router import Candidate, RouteError
@@ -66,10 +67,13 @@ class Pipeline:
         streaming = False
         try:
             body = await read_json_body(request, self.s.settings.max_body_bytes)
-            ctx.principal = await self.authenticate(request)  # 1. who is calling
+            with span("tollway.authenticate"):
+                ctx.principal = await self.authenticate(request)  # 1. who is calling
             ctx.chat = parse_chat(fmt, body, request)  # canonical form, once
-            ctx.plan = self.route(ctx)  # 2. which model
-            ctx.admission = await self.admit(ctx)  # 3. budget reservation
+            with span("tollway.route"):
+                ctx.plan = self.route(ctx)  # 2. which model
+            with span("tollway.admit"):
+                ctx.admission = await self.admit(ctx)  # 3. budget reservation
             cached = await self.lookup_response_cache(ctx)  # 4. caching
             if cached is not None:
                 return self.respond_from_cache(ctx, cached)
@@ -211,7 +215,7 @@ class Pipeline:
             media_type="application/json",
             headers=self.headers(ctx),
             background=BackgroundTask(
-                self.finish, ctx, status=200, usage=usage, stop_reason=answer.stop_reason
+                self.finish, ctx, status=200, usage=usage, stop_reason=answer.stop_reason, completion=_text(answer)
             ),
         )
 
@@ -245,7 +249,7 @@ class Pipeline:
     async def respond_stream(self, ctx: RequestContext) -> Response:
         assert ctx.chat is not None
         upstream = await self.dispatcher.open_stream(ctx)  # retries and fallbacks end here
-        tracker = StreamTracker(keep_content=ctx.response_cache_store)
+        tracker = StreamTracker(keep_content=ctx.response_cache_store or self.s.settings.log_prompts)
         encode = self._event_encoder(ctx)
         metrics = self.s.metrics
         fmt = ctx.client_format
@@ -313,6 +317,7 @@ class Pipeline:
                     stop_reason=tracker.stop_reason,
                     error_type=error_type if not aborted else "client_aborted",
                     aborted=aborted,
+                    completion=_text(tracker.response()) if tracker.keep_content else None,
                 )
             )
 
@@ -349,6 +354,7 @@ class Pipeline:
         aborted: bool = False,
         cache_hit: bool = False,
         record: bool = True,
+        completion: str | None = None,
     ) -> None:
         cost = sum((a.cost for a in ctx.attempts), Decimal(0))
         uncached = sum((a.uncached_cost for a in ctx.attempts), Decimal(0))
@@ -395,6 +401,8 @@ class Pipeline:
             team_name=team_name,
             key_prefix=principal.key_prefix if principal else None,
             route=route,
+            prompt=ctx.chat if self.s.settings.log_prompts else None,
+            completion=completion if self.s.settings.log_prompts else None,
             log_prompts=self.s.settings.log_prompts,
         )
 
@@ -445,6 +453,10 @@ class Pipeline:
 
 
 # ---- parsing helpers (stage 0: bytes → canonical) -------------------------------------------------
+
+
+def _text(answer: ChatResponse) -> str:
+    return "".join(b.get("text", "") for b in answer.content if b.get("type") == "text")
 
 
 def bearer_or_api_key(request: Request) -> str | None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import uvicorn
 
-from app.config import load_catalog, load_settings
+from app.config import Settings, load_catalog, load_settings
+from app.observability.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
 
 
 def run_server(host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
@@ -17,9 +17,22 @@ def run_server(host: str | None = None, port: int | None = None, workers: int | 
     # Workers re-read settings from the environment: pass the command-line overrides through it.
     os.environ["TOLLWAY_HOST"] = settings.host
     os.environ["TOLLWAY_PORT"] = str(settings.port)
-    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # Several processes: metrics are aggregated through prometheus-client's multiprocess files.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tollway-metrics-")
+    # Several processes: metrics are aggregated through prometheus-client's multiprocess files.
+    metrics_dir = prepare_multiprocess_dir(settings.workers)
+    if settings.metrics_port and metrics_dir:  # several workers: the supervisor serves the port, once
+        from app.api.metrics import start_metrics_server
+
+        start_metrics_server(
+            Metrics(multiprocess_dir=metrics_dir), settings.metrics_port, settings.host, token=settings.metrics_token
+        )
+    try:
+        _run_uvicorn(settings)
+    finally:
+        remove_multiprocess_dir(metrics_dir)
+    return 0
+
+
+def _run_uvicorn(settings: Settings) -> None:
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -32,4 +45,3 @@ def run_server(host: str | None = None, port: int | None = None, workers: int | 
         loop="auto",
         http="auto",
     )
-    return 0

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keystore import KeyStore
+from app.auth.principal import Principal
 from app.budgets.limiter import Limiter, create_limiter
 from app.caching.response_cache import ResponseCache, create_response_cache
 from app.config import Catalog, Settings
@@ -65,10 +66,20 @@ class Services:
             return None
         return self._budget_share.get(principal.team_id)
 
-    def refresh_gauges(self) -> None:
+    async def refresh_gauges(self) -> None:
+        """Pull-style gauges, refreshed when /metrics is scraped."""
         self.metrics.set_ledger(self.recorder.queue_depth, self.recorder.spool_size)
         for snap in self.health.snapshot():
             self.metrics.set_breaker_state(snap["deployment"], snap["state"])
+        for team in await self.teams.list_teams():
+            if team.limits.is_unlimited():
+                continue
+            principal = Principal(team_id=team.id, team_name=team.name, key_id="", key_prefix="", team_limits=team.limits)
+            for window, state in (await self.limiter.status(principal))["team"].items():
+                if state["limit"] is not None:
+                    self.metrics.set_budget_remaining(
+                        team.name, window, float(state["remaining"]), limit=float(state["limit"])
+                    )
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         if self._tasks:

@@ -27,6 +27,7 @@ from app.context import Attempt, RequestContext
 from app.domain import ChatRequest, ChatResponse
 from app.ledger.pricing import cost_of
 from app.observability.metrics import Metrics
+from app.observability.tracing import span
 from app.providers.base import Provider, UpstreamError, UpstreamStream
 from app.providers.registry import ProviderRegistry
 from app.routing.health import DeploymentHealth, deployment_key
@@ -132,7 +133,8 @@ class Dispatcher:
                 started = time.perf_counter()
                 ctx.upstream_started = started
                 try:
-                    result = await call(provider, request, upstream_model, ctx)
+                    with span("tollway.upstream", provider=dep.provider, model=candidate.name, attempt=len(ctx.attempts)):
+                        result = await call(provider, request, upstream_model, ctx)
                 except UpstreamError as err:
                     attempt.status, attempt.error = err.status, err.kind
                     self.health.finished(key, ok=False, retry_after_s=err.retry_after_s)

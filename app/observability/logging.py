@@ -1,0 +1,215 @@
+"""Structured logs: JSON lines on stderr, one line per request, written off the request path.
+
+``configure_logging`` routes every logger through a ``QueueHandler``: the calling thread only puts
+the record on an in-memory queue, and a ``QueueListener`` thread formats it as JSON and writes it.
+A request never waits for stderr (a slow log collector, a full pipe). When the queue is full the
+record is dropped and counted rather than blocking; ``dropped_records()`` tells how many.
+
+``log_request`` writes the per-request line. Prompts and completions appear only when
+``TOLLWAY_LOG_PROMPTS`` is on: they may hold personal data or secrets.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import logging.handlers
+import queue
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import IO, Any
+
+import orjson
+
+from app.ledger.events import UsageEvent
+
+REQUEST_LOGGER = "tollway.request"
+QUEUE_SIZE = 100_000
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
+# uvicorn's ``color_message`` repeats the message with terminal colour codes: not for a JSON line.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
+
+_listener: _Listener | None = None
+_handler: _DroppingQueueHandler | None = None
+
+request_logger = logging.getLogger(REQUEST_LOGGER)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)  # exact, as the ledger has it
+    if isinstance(value, datetime | bytes):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return repr(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, then the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exc"] = record.exc_text
+        return orjson.dumps(line, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Enqueues without blocking; a full queue drops the record and counts it."""
+
+    def __init__(self, q: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(q)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The stock prepare formats the whole line here, in the caller's thread. Only resolve what
+        # cannot cross threads safely (message arguments, the traceback) and leave JSON to the
+        # listener thread.
+        record = logging.makeLogRecord(record.__dict__)
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _Listener(logging.handlers.QueueListener):
+    """Stops without hanging when the queue is full or the output is stuck (at most ``timeout_s``)."""
+
+    timeout_s = 5.0
+
+    def enqueue_sentinel(self) -> None:
+        try:
+            self.queue.put(self._sentinel, timeout=self.timeout_s)  # type: ignore[attr-defined]
+        except queue.Full:
+            pass
+
+    def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self.enqueue_sentinel()
+        thread.join(self.timeout_s)
+        self._thread = None
+
+
+def configure_logging(level: str, *, stream: IO[str] | None = None) -> None:
+    """Send every log record, as a JSON line, to stderr (or ``stream``) through a background thread.
+
+    Idempotent: a second call replaces the first configuration (and flushes it). Handlers others
+    installed on the root logger are left in place (a test runner's, an embedding application's).
+    """
+    global _listener, _handler
+    shutdown_logging()
+    output = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    output.setFormatter(JsonFormatter())
+    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
+    _handler = _DroppingQueueHandler(records)
+    _listener = _Listener(records, output, respect_handler_level=False)
+    _listener.start()
+
+    root = logging.getLogger()
+    root.addHandler(_handler)
+    root.setLevel(level.upper())
+    # uvicorn installs its own plain-text handlers and levels; route its records through ours, at
+    # the level configured here.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.setLevel(logging.NOTSET)
+        uvicorn_logger.propagate = True
+
+
+def shutdown_logging() -> None:
+    """Write out every queued record and stop the writer thread (also runs at exit)."""
+    global _listener, _handler
+    if _listener is not None:
+        _listener.stop()
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+    _listener = None
+    _handler = None
+
+
+def dropped_records() -> int:
+    """Records dropped because the queue was full (the writer could not keep up)."""
+    return _handler.dropped if _handler is not None else 0
+
+
+atexit.register(shutdown_logging)
+
+
+def log_request(
+    event: UsageEvent,
+    *,
+    team_name: str | None,
+    key_prefix: str | None,
+    route: str | None,
+    prompt: object | None = None,
+    completion: str | None = None,
+    log_prompts: bool = False,
+) -> None:
+    """Write the one line that describes a finished request.
+
+    The key appears only as its public prefix (never the secret). ``prompt`` and ``completion`` are
+    logged only with ``log_prompts``; the prompt is serialised in the writer thread, so the caller
+    must not mutate it afterwards.
+    """
+    level = logging.WARNING if event.status >= 500 else logging.INFO
+    if not request_logger.isEnabledFor(level):
+        return
+    fields: dict[str, Any] = {
+        "request_id": event.request_id,
+        "team": team_name,
+        "team_id": event.team_id,
+        "key_prefix": key_prefix,
+        "client_api": event.client_format,
+        "route": route,
+        "requested_model": event.requested_model,
+        "served_model": event.served_model,
+        "provider": event.provider,
+        "route_reason": event.route_reason,
+        "attempts": event.attempts,
+        "input_tokens": event.input_tokens,
+        "output_tokens": event.output_tokens,
+        "cache_write_tokens": event.cache_write_5m_tokens + event.cache_write_1h_tokens,
+        "cache_read_tokens": event.cache_read_tokens,
+        "cost_usd": event.cost_usd,
+        "uncached_cost_usd": event.uncached_cost_usd,
+        "latency_ms": round(event.latency_ms, 3),
+        "ttft_ms": round(event.ttft_ms, 3) if event.ttft_ms is not None else None,
+        "status": event.status,
+        "error_type": event.error_type,
+        "stop_reason": event.stop_reason,
+        "streamed": event.streamed,
+        "aborted": event.aborted,
+        "response_cache_hit": event.response_cache_hit,
+    }
+    if log_prompts:
+        fields["prompt"] = prompt
+        fields["completion"] = completion
+    request_logger.log(level, "request", extra=fields)

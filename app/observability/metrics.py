@@ -1,0 +1,487 @@
+"""Prometheus metrics: what the gateway counts, and how it renders them for a scrape.
+
+Most numbers derive from the ``UsageEvent`` of a finished request (``Metrics.observe``); a few are
+pushed by the stage that knows them (retries, fallbacks, breaker state) and a few are pull-style
+gauges refreshed right before a scrape (remaining budget, ledger backlog).
+
+**Several worker processes.** ``tollway serve --workers N`` runs N uvicorn workers, each with its own
+``Metrics``. When ``PROMETHEUS_MULTIPROC_DIR`` is set (``prepare_multiprocess_dir`` does it before the
+workers start), prometheus-client writes every value to a memory-mapped file in that directory and a
+scrape served by *any* worker merges all files: counters and histograms sum across workers, and each
+gauge declares how its per-worker values combine (in-flight requests add up, a breaker's state is the
+worst any worker sees, a remaining budget is the most recently refreshed value).
+
+**Cardinality.** Labels never carry request ids, keys or free text. Teams are labels while fewer than
+``team_label_cap`` distinct teams have been seen by the process; later teams are counted as ``other``.
+Error types are reduced to ``[a-z0-9_]`` and capped the same way.
+
+**Cost.** ``observe`` runs once per request and ``observe_inter_event`` once per stream event, so both
+look up labelled children in plain dicts (prometheus-client's ``labels()`` validates and locks on
+every call) and do nothing else. Money is ``Decimal`` in the ledger; Prometheus samples are floats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from app.ledger.events import UsageEvent
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OTHER = "other"
+NONE = "none"
+
+# Request and upstream latency: from a cached answer (milliseconds) to a long generation (minutes).
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# Time to first token: what a user waits before anything appears.
+TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+# Gaps between stream events: tokens arrive every few ms; long gaps are stalls.
+INTER_EVENT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+# ``*_created`` series (one timestamp per labelled child) would double the series count for nothing
+# a dashboard uses; multiprocess mode never exports them anyway.
+disable_created_metrics()
+
+_ERROR_TYPE_UNSAFE = re.compile(r"[^a-z0-9_]+")
+_ERROR_TYPE_CAP = 50
+
+
+def status_class(status: int) -> str:
+    """200 → "2xx"; anything outside 100..599 (a connection that never got a status) → "none"."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else NONE
+
+
+class _Family:
+    """A labelled metric with its children cached by label values (a dict hit, no lock)."""
+
+    __slots__ = ("_children", "metric")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, *label_values: str) -> Any:
+        child = self._children.get(label_values)
+        if child is None:
+            child = self._children[label_values] = self.metric.labels(*label_values)
+        return child
+
+
+class _CappedNames:
+    """Passes names through until ``cap`` distinct ones were seen, then maps new ones to "other"."""
+
+    __slots__ = ("_cap", "_seen")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._seen: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        if name in self._seen:
+            return name
+        if len(self._seen) < self._cap:
+            self._seen.add(name)
+            return name
+        return OTHER
+
+
+class Metrics:
+    """Every metric Tollway exports, with one method per thing that happens."""
+
+    def __init__(
+        self,
+        *,
+        team_label_cap: int = 100,
+        registry: CollectorRegistry | None = None,
+        multiprocess_dir: str | None = None,
+    ) -> None:
+        # Multiprocess mode is the environment's choice: prometheus-client picks its value storage
+        # (memory or mmap files) when it is first imported, from the same variable.
+        self.multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._team = _CappedNames(team_label_cap)
+        self._error_type = _CappedNames(_ERROR_TYPE_CAP)
+        r = self.registry
+
+        team_api_route_model_status = ["team", "client_api", "route", "served_model", "status_class"]
+        self.requests = _Family(
+            Counter("tollway_requests", "Finished requests.", team_api_route_model_status, registry=r)
+        )
+        self.tokens = _Family(
+            Counter(
+                "tollway_tokens",
+                "Tokens billed, by type: input (uncached), output, cache_write, cache_read.",
+                ["team", "served_model", "type"],
+                registry=r,
+            )
+        )
+        self.cost = _Family(
+            Counter(
+                "tollway_cost_usd", "Cost of served requests in USD.", ["team", "served_model"], registry=r
+            )
+        )
+        self.cache_savings = _Family(
+            Counter(
+                "tollway_cache_savings_usd",
+                "USD saved by prompt caching (uncached cost minus cost) on requests that cost less "
+                "than uncached.",
+                ["team", "served_model"],
+                registry=r,
+            )
+        )
+        self.cache_extra_cost = _Family(
+            Counter(
+                "tollway_cache_extra_cost_usd",
+                "USD paid above the uncached cost (cache-write premium) on requests that cost more "
+                "than uncached. Net savings = savings - extra cost.",
+                ["team", "served_model"],
+                registry=r,
+            )
+        )
+        self.errors = _Family(
+            Counter(
+                "tollway_errors",
+                "Requests that ended in an error, by error type.",
+                ["client_api", "error_type"],
+                registry=r,
+            )
+        )
+        self.latency = _Family(
+            Histogram(
+                "tollway_request_duration_seconds",
+                "Total request duration, from arrival to the last byte sent.",
+                ["client_api", "served_model"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.upstream_latency = _Family(
+            Histogram(
+                "tollway_upstream_duration_seconds",
+                "Duration of the upstream (provider) call that produced the answer.",
+                ["served_model"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.ttft = _Family(
+            Histogram(
+                "tollway_time_to_first_token_seconds",
+                "Time from arrival to the first content token sent to the client (streams).",
+                ["served_model"],
+                buckets=TTFT_BUCKETS,
+                registry=r,
+            )
+        )
+        self.inter_event = _Family(
+            Histogram(
+                "tollway_stream_inter_event_seconds",
+                "Time between consecutive stream events sent to the client.",
+                ["client_api"],
+                buckets=INTER_EVENT_BUCKETS,
+                registry=r,
+            )
+        )
+        self.in_flight = _Family(
+            Gauge(
+                "tollway_requests_in_flight",
+                "Requests being served right now.",
+                ["client_api"],
+                registry=r,
+                multiprocess_mode="livesum",
+            )
+        )
+        self.budget_rejections = _Family(
+            Counter(
+                "tollway_budget_rejections",
+                "Requests rejected because a budget window had no room.",
+                ["team", "window"],
+                registry=r,
+            )
+        )
+        self.budget_remaining = _Family(
+            Gauge(
+                "tollway_budget_remaining",
+                "Budget left in the current window (tokens, requests or USD, per the window).",
+                ["team", "window"],
+                registry=r,
+                multiprocess_mode="mostrecent",
+            )
+        )
+        self.budget_limit = _Family(
+            Gauge(
+                "tollway_budget_limit",
+                "The budget of the window (same unit as tollway_budget_remaining).",
+                ["team", "window"],
+                registry=r,
+                multiprocess_mode="mostrecent",
+            )
+        )
+        self.response_cache_lookups = _Family(
+            Counter(
+                "tollway_response_cache_lookups",
+                "Response-cache lookups, by result (hit or miss).",
+                ["result"],
+                registry=r,
+            )
+        )
+        self.retries = _Family(
+            Counter("tollway_retries", "Upstream retries.", ["provider", "model"], registry=r)
+        )
+        self.fallbacks = _Family(
+            Counter(
+                "tollway_fallbacks",
+                "Requests that fell back to another model after upstream failures.",
+                ["from_model", "to_model"],
+                registry=r,
+            )
+        )
+        self.escalations = _Family(
+            Counter(
+                "tollway_escalations",
+                "Answers escalated to a larger model after failing verification.",
+                ["from_model", "to_model"],
+                registry=r,
+            )
+        )
+        self.breaker_state = _Family(
+            Gauge(
+                "tollway_breaker_state",
+                "Circuit-breaker state per deployment: 0 closed, 1 half open, 2 open (worst worker).",
+                ["deployment"],
+                registry=r,
+                multiprocess_mode="livemax",
+            )
+        )
+        self.ledger_queue_depth = Gauge(
+            "tollway_ledger_queue_depth",
+            "Usage events waiting in memory to be written to the ledger.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.ledger_spool_events = Gauge(
+            "tollway_ledger_spool_events",
+            "Usage events waiting in the durable spool (the database was down or slow).",
+            registry=r,
+            # The spool is shared by the workers of one machine: each sees the same backlog.
+            multiprocess_mode="livemax",
+        )
+
+        if self.multiprocess_dir:
+            self._exposition = CollectorRegistry()
+            _WorkersCollector(self._exposition, path=self.multiprocess_dir)
+        else:
+            self._exposition = self.registry
+
+    # ---- per request ---------------------------------------------------------------------------------
+
+    def request_started(self, client_format: str) -> None:
+        self.in_flight.child(client_format).inc()
+
+    def request_finished(self, client_format: str) -> None:
+        self.in_flight.child(client_format).dec()
+
+    def observe(
+        self,
+        event: UsageEvent,
+        *,
+        team_name: str | None,
+        route: str | None,
+        upstream_s: float | None,
+        ttft_s: float | None,
+    ) -> None:
+        """Count one finished request (called once, with the event the ledger records)."""
+        team = self._team(team_name) if team_name else NONE
+        model = event.served_model or NONE
+        api = event.client_format
+        self.requests.child(team, api, route or NONE, model, status_class(event.status)).inc()
+
+        tokens = self.tokens
+        if event.input_tokens:
+            tokens.child(team, model, "input").inc(event.input_tokens)
+        if event.output_tokens:
+            tokens.child(team, model, "output").inc(event.output_tokens)
+        cache_write = event.cache_write_5m_tokens + event.cache_write_1h_tokens
+        if cache_write:
+            tokens.child(team, model, "cache_write").inc(cache_write)
+        if event.cache_read_tokens:
+            tokens.child(team, model, "cache_read").inc(event.cache_read_tokens)
+
+        if event.cost_usd:
+            self.cost.child(team, model).inc(float(event.cost_usd))
+        saved = event.uncached_cost_usd - event.cost_usd
+        if saved > 0:
+            self.cache_savings.child(team, model).inc(float(saved))
+        elif saved < 0 and event.uncached_cost_usd:
+            self.cache_extra_cost.child(team, model).inc(float(-saved))
+
+        if event.error_type is not None or event.status >= 400:
+            self.errors.child(api, self._error_label(event.error_type, event.status)).inc()
+
+        self.latency.child(api, model).observe(event.latency_ms / 1000.0)
+        if upstream_s is not None:
+            self.upstream_latency.child(model).observe(upstream_s)
+        if ttft_s is None and event.ttft_ms is not None:
+            ttft_s = event.ttft_ms / 1000.0
+        if ttft_s is not None:
+            self.ttft.child(model).observe(ttft_s)
+
+    def observe_inter_event(self, seconds: float, client_format: str) -> None:
+        self.inter_event.child(client_format).observe(seconds)
+
+    def _error_label(self, error_type: str | None, status: int) -> str:
+        if not error_type:
+            return f"http_{status}"
+        cleaned = _ERROR_TYPE_UNSAFE.sub("_", error_type.lower())[:64].strip("_") or "unknown"
+        return self._error_type(cleaned)
+
+    # ---- budgets, caches, upstream health --------------------------------------------------------------
+
+    def budget_rejected(self, team_name: str | None, window: str) -> None:
+        team = self._team(team_name) if team_name else NONE
+        self.budget_rejections.child(team, window).inc()
+
+    def set_budget_remaining(
+        self, team_name: str, window: str, remaining: float, *, limit: float | None = None
+    ) -> None:
+        """Set a team's remaining budget (and, when known, the window's limit, for "% used").
+
+        A team past the label cap is not exported: one "other" gauge shared by many teams would
+        show whichever was set last, which is worse than nothing.
+        """
+        team = self._team(team_name)
+        if team == OTHER:
+            return
+        self.budget_remaining.child(team, window).set(remaining)
+        if limit is not None:
+            self.budget_limit.child(team, window).set(limit)
+
+    def response_cache(self, hit: bool) -> None:
+        self.response_cache_lookups.child("hit" if hit else "miss").inc()
+
+    def retry(self, provider: str, model: str) -> None:
+        self.retries.child(provider, model).inc()
+
+    def fallback(self, from_model: str, to_model: str) -> None:
+        self.fallbacks.child(from_model, to_model).inc()
+
+    def escalation(self, from_model: str, to_model: str) -> None:
+        self.escalations.child(from_model, to_model).inc()
+
+    def set_breaker_state(self, deployment: str, state: str) -> None:
+        """``state`` is "closed", "half_open" or "open"."""
+        self.breaker_state.child(deployment).set(BREAKER_STATES[state])
+
+    def set_ledger(self, queue_depth: int, spool_size: int) -> None:
+        """``spool_size`` counts usage events (not bytes) waiting in the spool."""
+        self.ledger_queue_depth.set(queue_depth)
+        self.ledger_spool_events.set(spool_size)
+
+    # ---- exposition ----------------------------------------------------------------------------------
+
+    @property
+    def exposition_registry(self) -> CollectorRegistry:
+        """What a scrape reads: this process's registry, or every worker's files merged."""
+        return self._exposition
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its content type. Reads files in multiprocess mode: call it off
+        the event loop."""
+        return generate_latest(self._exposition), CONTENT_TYPE_LATEST
+
+
+# ---- multiprocess housekeeping ----------------------------------------------------------------------
+
+
+def multiprocess_enabled() -> bool:
+    """Whether this process stores metric values in PROMETHEUS_MULTIPROC_DIR files."""
+    return values.ValueClass is not values.MutexValue
+
+
+def prepare_multiprocess_dir(workers: int) -> str | None:
+    """Set up PROMETHEUS_MULTIPROC_DIR for ``workers`` processes; call it before they start.
+
+    With one worker, nothing (unless the operator set the variable). With several, the operator's
+    directory is emptied (files of a previous run would be summed in), or a fresh temporary one is
+    made. Returns the directory in use, or None for single-process mode.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for path in glob.glob(os.path.join(directory, "*.db")):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return directory
+    if workers <= 1:
+        return None
+    directory = tempfile.mkdtemp(prefix="tollway-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    return directory
+
+
+def remove_multiprocess_dir(directory: str | None) -> None:
+    """Remove a directory ``prepare_multiprocess_dir`` created (on server exit)."""
+    if directory and os.path.basename(directory).startswith("tollway-metrics-"):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+
+
+def _pids_with_live_gauges(directory: str) -> Iterable[int]:
+    pids: set[int] = set()
+    for name in os.listdir(directory):
+        match = _LIVE_GAUGE_FILE.match(name)
+        if match:
+            pids.add(int(match.group(1)))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_workers(directory: str) -> list[int]:
+    """Drop the live gauges (in flight, breaker, ledger) of workers that died.
+
+    A worker that crashed mid-request would otherwise keep counting as in flight forever; its
+    counters and histograms stay, as they should.
+    """
+    dead = [pid for pid in _pids_with_live_gauges(directory) if not _alive(pid)]
+    for pid in dead:
+        mark_process_dead(pid, directory)
+    return dead
+
+
+class _WorkersCollector(MultiProcessCollector):
+    """Every worker's files merged, after dropping the live gauges of workers that died."""
+
+    def collect(self) -> Any:
+        reap_dead_workers(self._path)
+        return super().collect()
