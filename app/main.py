@@ -17,6 +17,7 @@ from starlette.responses import Response
 from app import __version__
 from app.api import chat, health, models, routing
 from app.api.errors import GatewayError, error_response
+from app.api.request_id import RequestIdMiddleware
 from app.config import Catalog, Settings, load_catalog, load_settings
 from app.observability.logging import configure_logging
 from app.pipeline import Pipeline
@@ -55,6 +56,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         redoc_url=None,
         openapi_url=None,
     )
+
+    app.add_middleware(RequestIdMiddleware)
 
     # Chat endpoints are plain Starlette routes: no per-request dependency solving on the hot path.
     for path in ("/v1/messages", "/v1/v1/messages"):
