@@ -152,7 +152,7 @@ class Catalog(_Strict):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     # Task class → minimum model tier.
     task_tiers: dict[TaskClass, Tier] = Field(
-        default_factory=lambda: {
+        default_factory=lambda: {  # type: ignore[arg-type]
             "classification": "small",
             "extraction": "small",
             "summarization": "medium",

@@ -19,6 +19,7 @@ from app.api import chat, health, models, routing
 from app.api.errors import GatewayError, error_response
 from app.api.request_id import RequestIdMiddleware
 from app.config import Catalog, Settings, load_catalog, load_settings
+from app.domain import ClientFormat
 from app.observability.logging import configure_logging
 from app.pipeline import Pipeline
 from app.services import build_services
@@ -40,7 +41,9 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         if settings.metrics_port and not services.metrics.multiprocess_dir:
             from app.api.metrics import start_metrics_server
 
-            start_metrics_server(services.metrics, settings.metrics_port, settings.host, token=settings.metrics_token)
+            start_metrics_server(
+                services.metrics, settings.metrics_port, settings.host, token=settings.metrics_token
+            )
         log.info("tollway %s ready", __version__)
         try:
             yield
@@ -89,7 +92,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        fmt = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+        fmt: ClientFormat = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
         kind = {
             401: "authentication",
             403: "permission",
@@ -103,7 +106,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
-        fmt = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+        fmt: ClientFormat = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
         return error_response(GatewayError("api_error", "internal error in Tollway", status=500), fmt)
 
     return app

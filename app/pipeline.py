@@ -22,7 +22,13 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from app.api.errors import GatewayError, error_response, invalid, sse_error_event
+from app.api.errors import (
+    GatewayError,
+    error_response,
+    invalid,
+    kind_from_anthropic_type,
+    sse_error_event,
+)
 from app.auth.principal import Principal
 from app.budgets.estimate import InvalidBudgetRequest, worst_case
 from app.budgets.limiter import BudgetBackendUnavailable, BudgetExceeded
@@ -66,9 +72,9 @@ class Pipeline:
         self.s.metrics.request_started(fmt)
         streaming = False
         try:
-            body = await read_json_body(request, self.s.settings.max_body_bytes)
             with span("tollway.authenticate"):
                 ctx.principal = await self.authenticate(request)  # 1. who is calling
+            body = await read_json_body(request, self.s.settings.max_body_bytes)
             ctx.chat = parse_chat(fmt, body, request)  # canonical form, once
             with span("tollway.route"):
                 ctx.plan = self.route(ctx)  # 2. which model
@@ -190,7 +196,11 @@ class Pipeline:
         provider_kind = self.s.catalog.providers[model.all_deployments(candidate.name)[0].provider].kind
         policy = ctx.principal.policy
         route = self.s.catalog.routes.get(ctx.plan.route) if ctx.plan and ctx.plan.route else None
-        mode = route.prompt_cache if route is not None and route.prompt_cache is not None else policy.prompt_cache
+        mode = (
+            route.prompt_cache
+            if route is not None and route.prompt_cache is not None
+            else policy.prompt_cache
+        )
         if provider_kind == "anthropic" and prompt_cache_enabled(mode, ctx.header(PROMPT_CACHE_HEADER)):
             req = copy_for_breakpoints(req)
             apply_breakpoints(req, model, ttl=policy.prompt_cache_ttl)
@@ -215,7 +225,12 @@ class Pipeline:
             media_type="application/json",
             headers=self.headers(ctx),
             background=BackgroundTask(
-                self.finish, ctx, status=200, usage=usage, stop_reason=answer.stop_reason, completion=_text(answer)
+                self.finish,
+                ctx,
+                status=200,
+                usage=usage,
+                stop_reason=answer.stop_reason,
+                completion=_text(answer),
             ),
         )
 
@@ -278,10 +293,10 @@ class Pipeline:
                 metrics.observe_inter_event(now - last, fmt)
                 last = now
                 if event.type == "error":
-                    status, error_type = 502, (tracker.error or {}).get("type", "api_error")
-                    yield sse_error_event(
-                        GatewayError("overloaded", "the upstream provider failed mid-stream"), fmt
-                    )
+                    upstream_type = (tracker.error or {}).get("type")
+                    status, error_type = 502, upstream_type or "api_error"
+                    kind = kind_from_anthropic_type(upstream_type)
+                    yield sse_error_event(GatewayError(kind, "the upstream provider failed mid-stream"), fmt)
                     aborted = False
                     return
                 chunk = encode(event)

@@ -112,6 +112,9 @@ def error_body(err: GatewayError, fmt: ClientFormat, request_id: str | None = No
 
 def error_response(err: GatewayError, fmt: ClientFormat, request_id: str | None = None) -> Response:
     headers = dict(err.headers)
+    if request_id:
+        headers.setdefault("request-id", request_id)
+        headers.setdefault("x-request-id", request_id)
     return Response(
         orjson.dumps(error_body(err, fmt, request_id)),
         status_code=err.status_for(fmt),
@@ -126,6 +129,14 @@ def sse_error_event(err: GatewayError, fmt: ClientFormat) -> bytes:
         data = orjson.dumps(error_body(err, "anthropic"))
         return b"event: error\ndata: " + data + b"\n\n"
     return b"data: " + orjson.dumps(error_body(err, "openai")) + b"\n\n"
+
+
+def kind_from_anthropic_type(error_type: str | None) -> ErrorKind:
+    """The kind of an Anthropic ``error.type`` (an upstream's in-stream error event)."""
+    for kind, name in _ANTHROPIC_TYPES.items():
+        if name == error_type:
+            return kind  # type: ignore[return-value]
+    return "api_error"
 
 
 def invalid(message: str, param: str | None = None) -> GatewayError:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from app.api.errors import GatewayError, error_response
 from app.auth.principal import Principal
+from app.domain import ClientFormat
 from app.pipeline import Pipeline
 
 CREATED_AT = "2026-01-01T00:00:00Z"
@@ -78,7 +79,7 @@ def _openai_entry(e: dict[str, Any]) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     pipeline: Pipeline = request.app.state.pipeline
     anthropic = _is_anthropic(request)
-    fmt = "anthropic" if anthropic else "openai"
+    fmt: ClientFormat = "anthropic" if anthropic else "openai"
     try:
         principal = await pipeline.authenticate(request)
     except GatewayError as err:
@@ -113,7 +114,7 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     pipeline: Pipeline = request.app.state.pipeline
     anthropic = _is_anthropic(request)
-    fmt = "anthropic" if anthropic else "openai"
+    fmt: ClientFormat = "anthropic" if anthropic else "openai"
     try:
         principal = await pipeline.authenticate(request)
     except GatewayError as err:

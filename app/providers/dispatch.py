@@ -133,7 +133,12 @@ class Dispatcher:
                 started = time.perf_counter()
                 ctx.upstream_started = started
                 try:
-                    with span("tollway.upstream", provider=dep.provider, model=candidate.name, attempt=len(ctx.attempts)):
+                    with span(
+                        "tollway.upstream",
+                        provider=dep.provider,
+                        model=candidate.name,
+                        attempt=len(ctx.attempts),
+                    ):
                         result = await call(provider, request, upstream_model, ctx)
                 except UpstreamError as err:
                     attempt.status, attempt.error = err.status, err.kind

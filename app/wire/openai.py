@@ -150,7 +150,8 @@ def parse_request(body: Any) -> ChatRequest:
         content = m.get("content")
         if role in ("system", "developer"):
             text = _text_of(content, f"{where}.content")
-            system.append({"type": "text", "text": text})
+            if text:  # the Messages API rejects empty text blocks
+                system.append({"type": "text", "text": text})
         elif role == "user":
             _append(messages, "user", _user_parts(content, f"{where}.content"))
         elif role == "assistant":
@@ -176,7 +177,8 @@ def parse_request(body: Any) -> ChatRequest:
                         "input": args,
                     }
                 )
-            _append(messages, "assistant", blocks or [{"type": "text", "text": ""}])
+            if blocks:  # an empty assistant turn says nothing, and an empty text block is a 400
+                _append(messages, "assistant", blocks)
         elif role in ("tool", "function"):
             tool_call_id = m.get("tool_call_id") or m.get("name")
             if not isinstance(tool_call_id, str):

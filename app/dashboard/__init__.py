@@ -1,0 +1,1 @@
+"""The built-in web dashboard at ``/dashboard``: spend, budgets and savings from the ledger."""
