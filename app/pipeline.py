@@ -120,7 +120,9 @@ class Pipeline:
                 budget_share_used=self.s.budget_share_used(ctx.principal),
             )
         except RouteError as err:
-            raise GatewayError(err.kind, err.message, status=err.status) from err  # type: ignore[arg-type]
+            retry_after = getattr(err, "retry_after_s", None)
+            headers = {"retry-after": str(max(1, int(retry_after + 0.999)))} if retry_after else {}
+            raise GatewayError(err.kind, err.message, status=err.status, headers=headers) from err  # type: ignore[arg-type]
 
     # ---- 3. admit ----------------------------------------------------------------------------------
 

@@ -378,6 +378,7 @@ def embedded_gateway(stack: ExitStack) -> tuple[str, str]:
         database_url=f"sqlite+aiosqlite:///{workdir / 'tollway.db'}",
         redis_url=None,
         simulator="always",
+        simulator_url=embedded_simulator(stack),
         dev_key=key,
         spool_dir=workdir / "spool",
         log_level="WARNING",

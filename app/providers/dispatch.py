@@ -142,7 +142,8 @@ class Dispatcher:
                         result = await call(provider, request, upstream_model, ctx)
                 except UpstreamError as err:
                     attempt.status, attempt.error = err.status, err.kind
-                    self.health.finished(key, ok=False, retry_after_s=err.retry_after_s)
+                    # Only failures another try could fix count against the deployment's health.
+                    self.health.finished(key, ok=not is_retryable(err.status), retry_after_s=err.retry_after_s)
                     last_error = err
                     if not is_retryable(err.status) or err.kind == "invalid_request":
                         raise
