@@ -41,6 +41,9 @@ class ProviderConfig(_Strict):
     read_timeout_s: float = 600.0
     max_connections: int = 512
     extra_headers: dict[str, str] = Field(default_factory=dict)
+    # When the simulator serves this provider, the path segment it is reached under, so that
+    # several simulated providers are distinguishable (fault injection per deployment in tests).
+    simulator_path: str | None = None
     # OpenAI-style upstreams: the field carrying the output cap (older servers know only max_tokens).
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_completion_tokens"
 

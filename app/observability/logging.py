@@ -142,6 +142,10 @@ def configure_logging(level: str, *, stream: IO[str] | None = None) -> None:
         uvicorn_logger.handlers.clear()
         uvicorn_logger.setLevel(logging.NOTSET)
         uvicorn_logger.propagate = True
+    # The HTTP clients log every upstream request at INFO: that is one line per call on the hot
+    # path, and the pipeline's own line already says what happened.
+    for name in ("httpx", "httpcore", "httpx2"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def shutdown_logging() -> None:

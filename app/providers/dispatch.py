@@ -121,8 +121,9 @@ class Dispatcher:
         model: ModelConfig = candidate.model
         deployments = self.health.order(candidate.name, model.all_deployments(candidate.name))
         last_error: UpstreamError | None = None
-        for dep in deployments:
+        for position, dep in enumerate(deployments):
             key = deployment_key(candidate.name, dep)
+            another_deployment_left = position < len(deployments) - 1
             provider = self.providers.get(dep.provider)
             upstream_model = dep.upstream_model or candidate.name
             for retry in range(self.settings.retry_attempts + 1):
@@ -149,6 +150,8 @@ class Dispatcher:
                         raise
                     if retry == self.settings.retry_attempts:
                         break
+                    if another_deployment_left and not self.health.deployment_usable(key):
+                        break  # the breaker just opened (or retry-after said so): go elsewhere now
                     delay = backoff_delay(
                         retry,
                         base=self.settings.retry_base_delay_s,

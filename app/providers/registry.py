@@ -40,6 +40,8 @@ class ProviderRegistry:
                 )
             if simulated:
                 base = simulator_base_url(settings)
+                if cfg.simulator_path:
+                    base = f"{base}/{cfg.simulator_path.strip('/')}"
                 base_url = f"{base}/v1" if cfg.kind == "openai" else base
                 credential = SIMULATOR_CREDENTIAL
                 log.warning(

@@ -117,6 +117,11 @@ class DeploymentHealth:
         now = self._clock()
         return any(self._breakers[k].usable(now, self.cooldown_s) for k in keys)
 
+    def deployment_usable(self, dep_key: str) -> bool:
+        """True unless this deployment's breaker is open (a retry should then go elsewhere)."""
+        breaker = self._breakers.get(dep_key)
+        return breaker is None or breaker.usable(self._clock(), self.cooldown_s)
+
     def retry_after_s(self, model_name: str) -> float | None:
         """Seconds until the model's first deployment leaves cooldown (None if one is usable now)."""
         keys = self._models.get(model_name)
