@@ -213,6 +213,7 @@ class Settings(BaseSettings):
     workers: int = 1
     database_url: str = "sqlite+aiosqlite:///./tollway.db"
     redis_url: str | None = None
+    redis_cluster: bool = False  # TOLLWAY_REDIS_URL points at a Redis Cluster node
     admin_key: str | None = None
     # A fixed team key for local use: `make run` sets it so the README's examples work as pasted.
     dev_key: str | None = None

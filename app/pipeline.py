@@ -34,6 +34,7 @@ from app.budgets.estimate import InvalidBudgetRequest, worst_case
 from app.budgets.limiter import BudgetBackendUnavailable, BudgetExceeded
 from app.caching.prompt_cache import PROMPT_CACHE_HEADER, apply_breakpoints, prompt_cache_enabled
 from app.caching.response_cache import cache_key, decide, decode_response, encode_response
+from app.config import ModelConfig
 from app.context import RequestContext, new_request_id
 from app.domain import ChatRequest, ChatResponse, ClientFormat, Usage
 from app.ledger.events import UsageEvent
@@ -130,10 +131,15 @@ class Pipeline:
         assert ctx.chat is not None and ctx.principal is not None and ctx.plan is not None
         model = ctx.plan.candidates[0].model
         try:
-            tokens, usd = worst_case(ctx.chat, model, ctx.principal, self.s.settings)
-            return await self.s.limiter.admit(
+            # Reserve for exactly the output cap the upstream will be sent (see prepare_for_model).
+            req = with_output_cap(ctx.chat, model, ctx.principal)
+            tokens, usd = worst_case(req, model, ctx.principal, self.s.settings)
+            admission = await self.s.limiter.admit(
                 ctx.principal, tokens=tokens, usd=usd, request_id=ctx.request_id
             )
+            if ctx.principal.policy.downgrade_at_budget_share is not None:
+                self.s.note_budget_share(ctx.principal.team_id, admission.token_budget_share_used())
+            return admission
         except InvalidBudgetRequest as err:
             raise invalid(str(err), "max_tokens") from err
         except BudgetExceeded as err:
@@ -143,7 +149,7 @@ class Pipeline:
                 err.message(),
                 headers={
                     "retry-after": str(err.retry_after_s),
-                    "x-should-retry": "false" if err.retry_after_s > 60 else "true",
+                    "x-should-retry": "false" if err.never_fits or err.retry_after_s > 60 else "true",
                 },
             ) from err
         except BudgetBackendUnavailable as err:
@@ -183,9 +189,7 @@ class Pipeline:
             raise reject_sampling(candidate.name)
         if has_sampling and model.sampling == "drop":
             req = without_sampling(req)
-        if req.max_tokens is None:
-            cap = ctx.principal.policy.default_max_tokens or model.default_max_tokens
-            req = dataclasses.replace(req, max_tokens=min(cap, model.max_output_tokens))
+        req = with_output_cap(req, model, ctx.principal)
         if ctx.plan is not None and candidate is not ctx.plan.candidates[0]:
             # A fallback or escalation to another model: the reservation must cover its price.
             tokens, usd = worst_case(req, model, ctx.principal, self.s.settings)
@@ -470,6 +474,14 @@ class Pipeline:
 
 
 # ---- parsing helpers (stage 0: bytes → canonical) -------------------------------------------------
+
+
+def with_output_cap(req: ChatRequest, model: ModelConfig, principal: Principal) -> ChatRequest:
+    """A request without max_tokens gets the team's default cap or the model's (never above its max)."""
+    if req.max_tokens is not None:
+        return req
+    cap = principal.policy.default_max_tokens or model.default_max_tokens
+    return dataclasses.replace(req, max_tokens=min(cap, model.max_output_tokens))
 
 
 def _text(answer: ChatResponse) -> str:

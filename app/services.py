@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keystore import KeyStore
 from app.auth.principal import Principal
 from app.budgets.limiter import Limiter, create_limiter
+from app.budgets.redis_store import connect_budget_redis
 from app.caching.response_cache import ResponseCache, create_response_cache
 from app.config import Catalog, Settings
 from app.db.migrate import prepare_database
@@ -45,7 +47,7 @@ class Services:
     router: Router
     response_cache: ResponseCache
     metrics: Metrics
-    redis: Redis | None = None
+    redis: Redis | RedisCluster | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _budget_share: dict[str, float] = field(default_factory=dict)
 
@@ -59,6 +61,10 @@ class Services:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
+
+    def note_budget_share(self, team_id: str, share: float | None) -> None:
+        if share is not None:
+            self._budget_share[team_id] = share
 
     def budget_share_used(self, principal: Any) -> float | None:
         """The last known share of the team's tightest token budget (for budget-aware routing)."""
@@ -74,7 +80,9 @@ class Services:
         for team in await self.teams.list_teams():
             if team.limits.is_unlimited():
                 continue
-            principal = Principal(team_id=team.id, team_name=team.name, key_id="", key_prefix="", team_limits=team.limits)
+            principal = Principal(
+                team_id=team.id, team_name=team.name, key_id="", key_prefix="", team_limits=team.limits
+            )
             for window, state in (await self.limiter.status(principal))["team"].items():
                 if state["limit"] is not None:
                     self.metrics.set_budget_remaining(
@@ -97,7 +105,8 @@ class Services:
 
 
 async def build_services(settings: Settings, catalog: Catalog) -> Services:
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    # Short timeouts and one retry: when Redis is down a request must learn it in milliseconds.
+    redis = connect_budget_redis(settings.redis_url, cluster=settings.redis_cluster) if settings.redis_url else None
     engine = await prepare_database(
         settings.database_url, auto_migrate=settings.database_url.startswith("sqlite")
     )

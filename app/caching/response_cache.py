@@ -293,7 +293,7 @@ class RedisResponseCache:
 
     def __init__(
         self,
-        redis: redis.asyncio.Redis,
+        redis: redis.asyncio.Redis | redis.asyncio.RedisCluster,
         *,
         ttl_s: float,
         max_entry_bytes: int,
@@ -350,7 +350,7 @@ class RedisResponseCache:
 
 
 def create_response_cache(
-    settings: Settings, redis: redis.asyncio.Redis | None, clock: Clock = time.monotonic
+    settings: Settings, redis: redis.asyncio.Redis | redis.asyncio.RedisCluster | None, clock: Clock = time.monotonic
 ) -> ResponseCache:
     """Redis when the app has a Redis client, else the in-process LRU."""
     if redis is not None:
