@@ -135,7 +135,10 @@ CORE_PATHS: dict[str, Any] = {
         "post": {
             "summary": "Count input tokens (Anthropic format)",
             "operationId": "countTokens",
-            "requestBody": {"required": True, "content": _json({"type": "object", "required": ["model", "messages"]})},
+            "requestBody": {
+                "required": True,
+                "content": _json({"type": "object", "required": ["model", "messages"]}),
+            },
             "responses": {
                 "200": {
                     "description": "Token count",
@@ -173,7 +176,9 @@ CORE_PATHS: dict[str, Any] = {
         "get": {
             "summary": "One model or route",
             "operationId": "getModel",
-            "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [
+                {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
             "responses": {
                 "200": {"description": "Model", "content": _json({"type": "object"})},
                 **_errors(_ERROR_OPENAI, 401, 404),
@@ -185,16 +190,29 @@ CORE_PATHS: dict[str, Any] = {
             "summary": "Explain the routing decision for a request without calling any provider",
             "operationId": "explainRoute",
             "parameters": [
-                {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["openai", "anthropic"]}}
+                {
+                    "name": "format",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["openai", "anthropic"]},
+                }
             ],
             "requestBody": {"required": True, "content": _json({"type": "object"})},
             "responses": {
-                "200": {"description": "Candidates, verdicts, expected costs and the choice", "content": _json({"type": "object"})},
+                "200": {
+                    "description": "Candidates, verdicts, expected costs and the choice",
+                    "content": _json({"type": "object"}),
+                },
                 **_errors(_ERROR_OPENAI, 400, 401, 403, 404),
             },
         }
     },
-    "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz", "responses": {"200": {"description": "Alive"}}}},
+    "/healthz": {
+        "get": {
+            "summary": "Liveness",
+            "operationId": "healthz",
+            "responses": {"200": {"description": "Alive"}},
+        }
+    },
     "/readyz": {
         "get": {
             "summary": "Readiness: database, Redis and config",

@@ -23,7 +23,10 @@ def run_server(host: str | None = None, port: int | None = None, workers: int | 
         from app.api.metrics import start_metrics_server
 
         start_metrics_server(
-            Metrics(multiprocess_dir=metrics_dir), settings.metrics_port, settings.host, token=settings.metrics_token
+            Metrics(multiprocess_dir=metrics_dir),
+            settings.metrics_port,
+            settings.host,
+            token=settings.metrics_token,
         )
     try:
         _run_uvicorn(settings)
