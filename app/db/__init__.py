@@ -1,0 +1,1 @@
+"""The database: engine factory, Core tables, Alembic migrations and the ``tollway db`` commands."""

@@ -1,0 +1,1 @@
+"""Tollway's Alembic migrations (a package so an installed Tollway can ship and run them)."""
