@@ -74,11 +74,12 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.router.add_route("/healthz", health.healthz, methods=["GET"])
     app.router.add_route("/readyz", health.readyz, methods=["GET"])
 
-    from app.api import admin, me
+    from app.api import admin, admin_health, me
     from app.api import metrics as metrics_api
     from app.dashboard import routes as dashboard
 
     app.include_router(admin.router)
+    app.include_router(admin_health.router)
     app.include_router(me.router)
     app.include_router(metrics_api.router)
     app.include_router(dashboard.router)

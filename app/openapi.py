@@ -73,7 +73,8 @@ _CHAT_REQUEST = {
     "type": "object",
     "required": ["model", "messages"],
     "additionalProperties": True,
-    "description": "OpenAI Chat Completions request. Unknown fields are passed through to OpenAI-compatible upstreams.",
+    "description": "OpenAI Chat Completions request. "
+    "Unknown fields are passed through to OpenAI-compatible upstreams.",
     "properties": {
         "model": {"type": "string"},
         "messages": {"type": "array", "items": {"type": "object"}},
@@ -206,6 +207,16 @@ CORE_PATHS: dict[str, Any] = {
             },
         }
     },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (Bearer token when TOLLWAY_METRICS_TOKEN is set)",
+            "operationId": "metrics",
+            "responses": {
+                "200": {"description": "Prometheus text exposition format", "content": {"text/plain": {}}},
+                "401": {"description": "Missing or wrong metrics token"},
+            },
+        }
+    },
     "/healthz": {
         "get": {
             "summary": "Liveness",
@@ -249,11 +260,17 @@ def build_spec(app: FastAPI) -> dict[str, Any]:
 def app_paths(app: FastAPI) -> set[str]:
     """Every path the app serves (documented or not), with path converters stripped."""
     found: set[str] = set()
-    for route in app.routes:
-        if isinstance(route, Mount):
-            found.add(route.path)
-        elif isinstance(route, Route):
-            found.add(route.path.replace(":path}", "}"))
+
+    def walk(routes: list[Any]) -> None:
+        for route in routes:
+            if isinstance(route, Mount):
+                found.add(route.path)
+            elif isinstance(route, Route):
+                found.add(route.path.replace(":path}", "}"))
+            elif hasattr(route, "original_router"):  # FastAPI's included router wrapper
+                walk(list(route.original_router.routes))
+
+    walk(list(app.routes))
     return found
 
 

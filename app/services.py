@@ -96,6 +96,7 @@ class Services:
     async def aclose(self) -> None:
         await self.drain()
         await self.recorder.aclose()
+        await self.keys.aclose()
         await self.limiter.aclose()
         await self.response_cache.aclose()
         await self.providers.aclose()

@@ -118,10 +118,7 @@ class BudgetExceeded(Exception):
 
     def message(self) -> str:
         owner = "Team" if self.scope == "team" else "API key"
-        text = (
-            f"{owner} budget '{self.window}' exceeded: {self._amount(self.used)} used of "
-            f"{self._amount(self.limit)}"
-        )
+        text = f"{owner} budget '{self.window}' exceeded: {self._amount(self.used)} used of {self._amount(self.limit)}"
         if self.reserved:
             text += f" ({self._amount(self.reserved)} more reserved by requests in flight)"
         text += f"; this request needs up to {self._amount(self.requested)}."
@@ -171,17 +168,13 @@ class Admission:
     def token_budget_share_used(self) -> float | None:
         """The largest share (0..1) of any limited token window that is used or reserved."""
         shares = [
-            (s.used + s.reserved) / s.limit if s.limit > 0 else 1.0
-            for s in self.states
-            if s.w % N_KINDS in TOKEN_KINDS
+            (s.used + s.reserved) / s.limit if s.limit > 0 else 1.0 for s in self.states if s.w % N_KINDS in TOKEN_KINDS
         ]
         return max(shares) if shares else None
 
 
 class Limiter(Protocol):
-    async def admit(
-        self, principal: Principal, *, tokens: int, usd: Decimal, request_id: str
-    ) -> Admission: ...
+    async def admit(self, principal: Principal, *, tokens: int, usd: Decimal, request_id: str) -> Admission: ...
 
     async def readmit(self, admission: Admission, *, tokens: int, usd: Decimal) -> Admission: ...
 
@@ -334,9 +327,7 @@ class BudgetLimiter:
     def _release_soon(self, admission: Admission, ws: WindowSet) -> None:
         async def release() -> None:
             with contextlib.suppress(Exception):
-                await self.store.settle(
-                    ws, admission.reservation_id, NOTHING, now=self.clock(), grace_s=self.grace_s
-                )
+                await self.store.settle(ws, admission.reservation_id, NOTHING, now=self.clock(), grace_s=self.grace_s)
 
         task = asyncio.get_running_loop().create_task(release())
         self._background.add(task)
@@ -350,9 +341,7 @@ class BudgetLimiter:
         return admission
 
     @staticmethod
-    def _exceeded(
-        outcome: ReserveOutcome, ws: WindowSet, now: float, amounts: tuple[int, ...]
-    ) -> BudgetExceeded:
+    def _exceeded(outcome: ReserveOutcome, ws: WindowSet, now: float, amounts: tuple[int, ...]) -> BudgetExceeded:
         state = outcome.failed
         assert state is not None
         w = state.w
@@ -390,11 +379,7 @@ class BudgetLimiter:
         now = self.clock()
         # Usage goes to the windows the reservation was made in; once the reservation has expired
         # (and was released) it goes to the windows current now.
-        ws = (
-            admission.windows
-            if now < admission.expires_at
-            else windows_at(admission.team_id, admission.key_id, now)
-        )
+        ws = admission.windows if now < admission.expires_at else windows_at(admission.team_id, admission.key_id, now)
         amounts = amounts_vector(max(0, tokens), usd_to_micros(max(usd, Decimal(0))))
         if admission.degraded or self._breaker_open():
             self._defer(admission, ws, amounts)
@@ -461,9 +446,7 @@ class BudgetLimiter:
                 "used": convert(used),
                 "reserved": convert(state.reserved),
                 "limit": convert(state.limit) if limited else None,
-                "remaining": convert(remaining(WindowState(w, used, state.reserved, state.limit)))
-                if limited
-                else None,
+                "remaining": convert(remaining(WindowState(w, used, state.reserved, state.limit))) if limited else None,
                 "reset_at": rfc3339(ws.end_of(w)),
             }
         return report
@@ -523,7 +506,9 @@ class BudgetLimiter:
 
 
 def create_limiter(
-    settings: Settings, redis: redis.asyncio.Redis | redis.asyncio.RedisCluster | None, clock: Callable[[], float] = time.time
+    settings: Settings,
+    redis: redis.asyncio.Redis | redis.asyncio.RedisCluster | None,
+    clock: Callable[[], float] = time.time,
 ) -> Limiter:
     """The limiter for this process: Redis-backed when a client is given, else in-process."""
     store: BudgetStore = RedisStore(redis) if redis is not None else MemoryStore()

@@ -37,8 +37,8 @@ from app.tokens import (
     PER_BLOCK_OVERHEAD,
     PER_MESSAGE_OVERHEAD,
     PER_REQUEST_OVERHEAD,
+    block_bytes,
 )
-from app.tokens import block_bytes
 
 MAX_BREAKPOINTS = 4
 # The request header that opts one request out of automatic prompt caching.

@@ -128,9 +128,7 @@ def _canonical(team_id: str, served_model: str, req: ChatRequest) -> dict[str, A
         "team": team_id,
         "model": served_model,
         "system": [_without_marker(b) for b in req.system],
-        "messages": [
-            {"role": m.role, "content": [_without_marker(b) for b in m.content]} for m in req.messages
-        ],
+        "messages": [{"role": m.role, "content": [_without_marker(b) for b in m.content]} for m in req.messages],
         "tools": [
             {
                 "name": t.name,

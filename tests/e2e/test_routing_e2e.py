@@ -215,3 +215,16 @@ def test_route_and_reason_headers(gw: Gateway) -> None:
     assert raw.http_response.status_code == 200
     assert raw.headers["x-tollway-served-model"] in gw.services.catalog.routes["auto"].candidates
     assert "route=auto" in raw.headers["x-tollway-route-reason"]
+
+
+def test_admin_health_shows_breaker_state(gw: Gateway) -> None:
+    c = client(gw, **{"x-sim-error": "529", "x-sim-error-match": "dep-a"})
+    for _ in range(3):
+        ask(c)
+    with gw.admin() as admin:
+        body = admin.get("/admin/health").json()
+        assert admin.get("/admin/health", headers={"authorization": f"Bearer {gw.team_key}"}).status_code == 403
+    by_provider = {d["provider"]: d for d in body["deployments"] if d["upstream_model"] == MODEL}
+    assert by_provider["anthropic"]["state"] == "open"
+    assert by_provider["anthropic-b"]["state"] == "closed"
+    assert body["ledger"]["spool_size"] == 0
