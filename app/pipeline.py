@@ -29,6 +29,7 @@ from app.api.errors import (
     kind_from_anthropic_type,
     sse_error_event,
 )
+from app.auth.keystore import KeyStoreUnavailable
 from app.auth.principal import Principal
 from app.budgets.estimate import InvalidBudgetRequest, worst_case
 from app.budgets.limiter import BudgetBackendUnavailable, BudgetExceeded
@@ -104,9 +105,13 @@ class Pipeline:
             raise GatewayError(
                 "authentication", "missing API key: send it as 'x-api-key' or 'Authorization: Bearer'"
             )
-        principal = await self.s.keys.lookup(secret)
+        try:
+            principal = await self.s.keys.lookup(secret)
+        except KeyStoreUnavailable as exc:
+            raise GatewayError("unavailable", "key lookup is temporarily unavailable; retry shortly") from exc
         if principal is None:
             raise GatewayError("authentication", "invalid API key")
+        await self.s.keys.touch_last_used(principal.key_id)
         return principal
 
     # ---- 2. route ----------------------------------------------------------------------------------

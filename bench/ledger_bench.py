@@ -212,9 +212,7 @@ async def produce(rate: float, seconds: float, record: Callable[[UsageEvent], No
     return sent
 
 
-async def bench_sustained(
-    url: str, spool_dir: Path, rate: float, seconds: float, batch_size: int
-) -> dict[str, Any]:
+async def bench_sustained(url: str, spool_dir: Path, rate: float, seconds: float, batch_size: int) -> dict[str, Any]:
     results: dict[str, Any] = {"rate_per_s": rate, "seconds": seconds}
     for mode in ("off", "on"):
         engine = create_engine(url)
@@ -313,9 +311,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--events", type=int, default=100_000, help="events per burst run")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 500, 1000])

@@ -26,7 +26,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.auth.keystore import KeyStoreUnavailable
 from app.auth.principal import Limits
+from app.db.engine import is_unavailable
 from app.ledger.reports import GROUP_BY_CHOICES, BadRange, GroupBy, parse_range, usage_report
 from app.teams.records import KeyRecord
 from app.teams.schemas import KeyCreate, KeyUpdate, PolicyIn, TeamCreate, TeamUpdate
@@ -51,9 +53,7 @@ _ERROR_TYPES = {
 class ApiError(Exception):
     """An error a client sees, in the OpenAI envelope."""
 
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -99,6 +99,13 @@ class EnvelopeRoute(APIRoute):
                 return ApiError(400, message, param=param).response()
             except StarletteHTTPException as exc:
                 return ApiError(exc.status_code, str(exc.detail)).response()
+            except Exception as exc:
+                if not (isinstance(exc, KeyStoreUnavailable) or is_unavailable(exc)):
+                    raise
+                log.warning("database unavailable for %s %s", request.method, request.url.path, exc_info=True)
+                return ApiError(
+                    503, "the database is unavailable; retry shortly", code="database_unavailable"
+                ).response()
 
         return route_handler
 
@@ -160,9 +167,7 @@ async def read_body(request: Request, model: type[ModelT], *, required: bool = T
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError(
-            400, f"request body is not valid UTF-8 (byte {exc.start})", code="invalid_encoding"
-        ) from None
+        raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})", code="invalid_encoding") from None
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -241,9 +246,7 @@ async def create_team(request: Request) -> Response:
     services = await require_admin(request)
     body = await read_body(request, TeamCreate)
     _check_models(services, body.policy)
-    team = await services.teams.create_team(
-        body.name, limits=body.limits.to_limits(), policy=body.policy.to_policy()
-    )
+    team = await services.teams.create_team(body.name, limits=body.limits.to_limits(), policy=body.policy.to_policy())
     if not team.limits.is_unlimited():
         await _limits_changed(services, team.id, None, team.limits)
     return json_response(team.to_json(), 201)

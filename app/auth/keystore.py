@@ -98,11 +98,7 @@ class KeyStore:
         entry = self._cache.get(secret_hash)
         if entry is None or entry.cached_until <= self._clock():
             entry = await self._refresh(secret_hash, entry)
-        if (
-            entry.principal is not None
-            and entry.expires_at is not None
-            and entry.expires_at <= self._wall_clock()
-        ):
+        if entry.principal is not None and entry.expires_at is not None and entry.expires_at <= self._wall_clock():
             return None
         return entry.principal
 
@@ -112,9 +108,7 @@ class KeyStore:
         except Exception as exc:
             now = self._clock()
             if stale is None or now - stale.loaded_at > self.ttl_s + self.max_stale_s:
-                raise KeyStoreUnavailable(
-                    f"cannot look up the key: the database is unavailable ({exc})"
-                ) from exc
+                raise KeyStoreUnavailable(f"cannot look up the key: the database is unavailable ({exc})") from exc
             # Serve the last answer, and ask the database again one TTL from now (not on every
             # request: a database that is down should not also be hammered).
             stale.cached_until = now + self.ttl_s
@@ -173,9 +167,7 @@ class KeyStore:
             team_limits=limits_from_json(row.team_limits),
             key_limits=limits_from_json(row.key_limits),
         )
-        return _Entry(
-            principal=principal, expires_at=row.expires_at, cached_until=cached_until, loaded_at=loaded_at
-        )
+        return _Entry(principal=principal, expires_at=row.expires_at, cached_until=cached_until, loaded_at=loaded_at)
 
     def _store(self, secret_hash: str, entry: _Entry) -> None:
         if len(self._cache) >= self._max_entries:
@@ -213,9 +205,7 @@ class KeyStore:
         if not due:
             return 0
         statement = (
-            update(api_keys)
-            .where(api_keys.c.id == bindparam("key_id"))
-            .values(last_used_at=bindparam("used_at"))
+            update(api_keys).where(api_keys.c.id == bindparam("key_id")).values(last_used_at=bindparam("used_at"))
         )
         params: list[dict[str, Any]] = [{"key_id": k, "used_at": t} for k, t in due.items()]
         async with self.engine.begin() as conn:

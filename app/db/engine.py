@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
@@ -56,6 +57,28 @@ def create_engine(url: str, **overrides: Any) -> AsyncEngine:
         options.update(overrides)
         return _create_async_engine(parsed, **options)
     raise ValueError(f"unsupported database URL scheme '{parsed.drivername}' (use sqlite or postgresql)")
+
+
+# SQLSTATE classes meaning "the database is not there right now": connection exception,
+# insufficient resources, operator intervention (shutdown, cannot connect now), and object not in
+# prerequisite state (a database not accepting connections).
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "55"})
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database cannot be reached or cannot serve right now (as opposed
+    to rejecting the statement): the caller should answer 503 or retry later, not report a bug."""
+    if isinstance(exc, OSError | TimeoutError | DisconnectionError | OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        origin = exc.orig
+        sqlstate = getattr(origin, "sqlstate", None) or getattr(origin, "pgcode", None)
+        if sqlstate is None:
+            return isinstance(getattr(origin, "__cause__", None), OSError | TimeoutError)
+        return str(sqlstate)[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    return False
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -65,9 +65,7 @@ async def check_schema(engine: AsyncEngine) -> None:
     if not current:
         state = "has no Tollway schema"
     else:
-        state = (
-            f"is at revision {', '.join(sorted(current))}, this Tollway expects {', '.join(sorted(expected))}"
-        )
+        state = f"is at revision {', '.join(sorted(current))}, this Tollway expects {', '.join(sorted(expected))}"
     raise SchemaNotMigrated(
         f"the database {where} {state}: run `tollway db upgrade` "
         "(with TOLLWAY_DATABASE_URL set to this database) and start again"

@@ -32,9 +32,7 @@ async def ensure_usage_partitions(engine: AsyncEngine, months_ahead: int = 3) ->
     if not _is_postgres(engine):
         return 0
     async with engine.begin() as conn:
-        result = await conn.execute(
-            text("SELECT tollway_ensure_usage_partitions(:months)"), {"months": months_ahead}
-        )
+        result = await conn.execute(text("SELECT tollway_ensure_usage_partitions(:months)"), {"months": months_ahead})
         return int(result.scalar_one())
 
 
@@ -77,7 +75,5 @@ async def prune_usage(engine: AsyncEngine, before: datetime) -> PruneResult:
             deleted = (await conn.execute(target, {"before": before})).rowcount
     else:
         async with engine.begin() as conn:
-            deleted = (
-                await conn.execute(delete(usage_events).where(usage_events.c.created_at < before))
-            ).rowcount
+            deleted = (await conn.execute(delete(usage_events).where(usage_events.c.created_at < before))).rowcount
     return PruneResult(dropped_partitions=dropped, deleted_rows=int(deleted or 0))

@@ -37,9 +37,7 @@ _STRING_LIMITS: dict[str, int] = {
 }
 _BIGINT_COLUMNS = frozenset(str(c.name) for c in usage_events.columns if isinstance(c.type, BigInteger))
 _INT_COLUMNS = frozenset(
-    str(c.name)
-    for c in usage_events.columns
-    if isinstance(c.type, Integer) and not isinstance(c.type, BigInteger)
+    str(c.name) for c in usage_events.columns if isinstance(c.type, Integer) and not isinstance(c.type, BigInteger)
 )
 
 

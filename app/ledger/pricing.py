@@ -54,9 +54,7 @@ def cost_of(model: ModelConfig, usage: Usage) -> Cost:
     )
 
 
-def expected_cost(
-    model: ModelConfig, input_tokens: int, output_tokens: int, cached_tokens: int = 0
-) -> Decimal:
+def expected_cost(model: ModelConfig, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> Decimal:
     """A forecast for routing: ``cached_tokens`` of the input are expected to be read from cache."""
     usage = Usage(
         input_tokens=max(input_tokens - cached_tokens, 0),

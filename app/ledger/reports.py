@@ -140,16 +140,13 @@ def parse_time(value: str, what: str) -> datetime:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
         raise BadRange(
-            f"{what} must be a date (2026-01-31) or an ISO 8601 date-time (2026-01-31T12:00:00Z), "
-            f"not {value!r}",
+            f"{what} must be a date (2026-01-31) or an ISO 8601 date-time (2026-01-31T12:00:00Z), not {value!r}",
             what,
         ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def parse_range(
-    start: str | None, end: str | None, *, now: datetime | None = None
-) -> tuple[datetime, datetime]:
+def parse_range(start: str | None, end: str | None, *, now: datetime | None = None) -> tuple[datetime, datetime]:
     """A [start, end) range; ``end`` defaults to now and ``start`` to 30 days before ``end``."""
     end_at = parse_time(end, "end") if end else (now or datetime.now(UTC))
     start_at = parse_time(start, "start") if start else end_at - DEFAULT_RANGE

@@ -100,9 +100,7 @@ class DiskSpool:
     SEGMENT_GLOB = "segment-*.jsonl"
     MAX_SEGMENT_BYTES = 8 * 1024 * 1024
 
-    def __init__(
-        self, directory: str | os.PathLike[str], *, max_segment_bytes: int = MAX_SEGMENT_BYTES
-    ) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, max_segment_bytes: int = MAX_SEGMENT_BYTES) -> None:
         self.directory = Path(directory)
         self._max_segment_bytes = max_segment_bytes
         self._lock = threading.Lock()  # the thread-side state below is touched only under it

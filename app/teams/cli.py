@@ -135,9 +135,7 @@ def _cmd_team_create(args: argparse.Namespace) -> int:
         if args.allowed_models:
             policy["allowed_models"] = [m.strip() for m in args.allowed_models.split(",") if m.strip()]
         body = TeamCreate(name=args.name, limits=_limits_from(args), policy=PolicyIn.model_validate(policy))
-        team = await store.create_team(
-            body.name, limits=body.limits.to_limits(), policy=body.policy.to_policy()
-        )
+        team = await store.create_team(body.name, limits=body.limits.to_limits(), policy=body.policy.to_policy())
         _print_team(team, args.json)
         return 0
 
@@ -201,9 +199,7 @@ def _cmd_key_create(args: argparse.Namespace) -> int:
         expires = None
         if args.expires_in_days is not None:
             expires = (datetime.now(UTC) + timedelta(days=args.expires_in_days)).isoformat()
-        body = KeyCreate.model_validate(
-            {"name": args.name, "limits": _limits_from(args), "expires_at": expires}
-        )
+        body = KeyCreate.model_validate({"name": args.name, "limits": _limits_from(args), "expires_at": expires})
         created = await store.create_key(
             args.team, name=body.name, limits=body.limits.to_limits(), expires_at=body.expires_at
         )

@@ -51,9 +51,7 @@ def _not_uuid(value: str) -> str:
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(_check_name)]
 TeamName = Annotated[Name, AfterValidator(_not_uuid)]
 TokenCount = Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS_LIMIT)]
-Usd = Annotated[
-    Decimal, Field(ge=0, le=MAX_USD_LIMIT, decimal_places=USD_DECIMAL_PLACES, allow_inf_nan=False)
-]
+Usd = Annotated[Decimal, Field(ge=0, le=MAX_USD_LIMIT, decimal_places=USD_DECIMAL_PLACES, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -89,9 +87,7 @@ class LimitsIn(_Strict):
 
 class PolicyIn(_Strict):
     allowed_models: (
-        Annotated[
-            list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=MAX_ALLOWED_MODELS)
-        ]
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=MAX_ALLOWED_MODELS)]
         | None
     ) = None
     min_tier: Tier | None = None
@@ -119,11 +115,7 @@ class PolicyIn(_Strict):
         if values["allowed_models"] is not None:
             values["allowed_models"] = frozenset(values["allowed_models"])
         merged = TeamPolicy(**values)
-        if (
-            merged.min_tier
-            and merged.max_tier
-            and _TIER_ORDER[merged.min_tier] > _TIER_ORDER[merged.max_tier]
-        ):
+        if merged.min_tier and merged.max_tier and _TIER_ORDER[merged.min_tier] > _TIER_ORDER[merged.max_tier]:
             raise ValueError(f"min_tier '{merged.min_tier}' is above max_tier '{merged.max_tier}'")
         return merged
 

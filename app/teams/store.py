@@ -192,9 +192,7 @@ class TeamStore:
         async with self.engine.begin() as conn:
             key = await self._get_key(conn, key_id)
             if key.revoked_at is None:
-                await conn.execute(
-                    update(api_keys).where(api_keys.c.id == key.id).values(revoked_at=self._now())
-                )
+                await conn.execute(update(api_keys).where(api_keys.c.id == key.id).values(revoked_at=self._now()))
                 key = await self._get_key(conn, key.id)
         return key
 
@@ -255,9 +253,7 @@ class TeamStore:
             secret_hash = hash_key(secret)
             try:
                 async with self.engine.begin() as conn:
-                    exists = await conn.scalar(
-                        select(api_keys.c.id).where(api_keys.c.secret_hash == secret_hash)
-                    )
+                    exists = await conn.scalar(select(api_keys.c.id).where(api_keys.c.secret_hash == secret_hash))
                     if exists is None:
                         await self._insert_key(conn, team.id, key_prefix(secret), secret_hash, name="seed")
             except IntegrityError:  # seeded concurrently

@@ -97,9 +97,7 @@ def upgrade() -> None:
         sa.Column("last_used_at", TIMESTAMP, nullable=True),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
-        sa.ForeignKeyConstraint(
-            ["team_id"], ["teams.id"], name="fk_api_keys_team_id_teams", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["team_id"], ["teams.id"], name="fk_api_keys_team_id_teams", ondelete="CASCADE"),
         sa.UniqueConstraint("secret_hash", name="uq_api_keys_secret_hash"),
     )
     op.create_index("ix_api_keys_team_id", "api_keys", ["team_id"])

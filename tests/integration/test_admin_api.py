@@ -169,9 +169,7 @@ async def test_team_and_key_lifecycle(api: Admin) -> None:
     assert body["policy"]["allowed_models"] == ["auto", "claude-haiku-5-5"]
     assert api.services.limiter.published[-1][2] == Limits(tokens_per_day=1_000_000, usd_per_month="250.50")
 
-    made = await api.post(
-        "/admin/teams/search/keys", {"name": "indexer", "limits": {"requests_per_minute": 60}}
-    )
+    made = await api.post("/admin/teams/search/keys", {"name": "indexer", "limits": {"requests_per_minute": 60}})
     assert made.status_code == 201, made.text
     key = made.json()
     secret = key["key"]
@@ -226,9 +224,7 @@ async def test_admin_authentication(sqlite_url: str, tmp_path: Path) -> None:
         team_key = (await api.services.teams.create_key("t")).secret
         assert_error(await api.client.get("/admin/teams"), 401)
         assert_error(await api.client.get("/admin/teams", headers={"authorization": "Bearer nope"}), 401)
-        assert_error(
-            await api.client.get("/admin/teams", headers={"authorization": "Basic " + ADMIN_KEY}), 401
-        )
+        assert_error(await api.client.get("/admin/teams", headers={"authorization": "Basic " + ADMIN_KEY}), 401)
         error = assert_error(await api.client.get("/admin/teams", headers=api.headers(team_key)), 403)
         assert error["type"] == "permission_error"
         assert_error(await api.client.get("/admin/usage", headers={"x-api-key": team_key}), 403)
@@ -285,9 +281,8 @@ async def test_malformed_bodies(sqlite_api: Admin) -> None:
     raw = {**api.headers(), "content-type": "application/json"}
     not_utf8 = await api.client.post("/admin/teams", content=b'{"name": "caf\xe9"}', headers=raw)
     assert "UTF-8" in assert_error(not_utf8, 400)["message"]
-    assert assert_error(await api.client.post("/admin/teams", content=b'{"name": ', headers=raw), 400)[
-        "code"
-    ] == ("invalid_json")
+    truncated = await api.client.post("/admin/teams", content=b'{"name": ', headers=raw)
+    assert assert_error(truncated, 400)["code"] == "invalid_json"
     assert_error(await api.client.post("/admin/teams", content=b"[1, 2]", headers=raw), 400)
     assert_error(await api.client.post("/admin/teams", content=b"", headers=raw), 400)
     huge = b'{"name": "' + b"x" * 70_000 + b'"}'
@@ -365,17 +360,13 @@ async def test_usage_endpoint_json_and_csv(sqlite_api: Admin) -> None:
 
     assert_error(await api.get("/admin/usage", params={"start": "yesterday"}), 400, "start")
     assert_error(await api.get("/admin/usage", params={"end": "2026-13-45"}), 400, "end")
-    assert_error(
-        await api.get("/admin/usage", params={"start": "2026-02-01", "end": "2026-01-01"}), 400, "end"
-    )
+    assert_error(await api.get("/admin/usage", params={"start": "2026-02-01", "end": "2026-01-01"}), 400, "end")
     assert_error(await api.get("/admin/usage", params={"group_by": "week"}), 400, "group_by")
     assert_error(await api.get("/admin/usage", params={"format": "xml"}), 400, "format")
     assert_error(await api.get("/admin/usage", params={"team": "nobody"}), 404)
 
 
-def usage(
-    team_id: str, cost: Decimal, request_id: str, at: datetime, key_id: str | None = None
-) -> UsageEvent:
+def usage(team_id: str, cost: Decimal, request_id: str, at: datetime, key_id: str | None = None) -> UsageEvent:
     return UsageEvent(
         request_id=request_id,
         team_id=team_id,
@@ -477,9 +468,7 @@ async def set_connections(postgres_url: str, allowed: bool) -> None:
     try:
         await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
         if not allowed:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-            )
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
     finally:
         await conn.close()
 
@@ -513,6 +502,21 @@ async def test_known_keys_keep_working_while_the_database_is_down(postgres_url: 
     finally:
         await set_connections(postgres_url, allowed=True)
         await engine.dispose()
+
+
+async def test_admin_api_answers_503_while_the_database_is_down(postgres_url: str, tmp_path: Path) -> None:
+    await asyncio.to_thread(upgrade, postgres_url)
+    api, _ = await make_admin(postgres_url, tmp_path)
+    try:
+        assert (await api.get("/admin/teams")).status_code == 200
+        await set_connections(postgres_url, allowed=False)
+        error = assert_error(await api.post("/admin/teams", {"name": "t"}), 503)
+        assert error["code"] == "database_unavailable"
+        assert_error(await api.client.get("/v1/me", headers={"x-api-key": "tw-unseen-" + "z" * 40}), 503)
+    finally:
+        await set_connections(postgres_url, allowed=True)
+        await api.client.aclose()
+        await api.engine.dispose()
 
 
 async def test_key_cache_serves_hits_and_misses_without_the_database(sqlite_url: str) -> None:

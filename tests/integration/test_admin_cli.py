@@ -133,7 +133,5 @@ def test_key_rotate(database_url: str, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_db_check_reports_an_unmigrated_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(
-        capsys, "db", "check", "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-    )
+    code, _, err = run(capsys, "db", "check", "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
     assert code == 1 and "tollway db upgrade" in err

@@ -43,9 +43,7 @@ async def test_migrations_apply_to_empty_postgres(postgres_url: str) -> None:
     try:
         await check_schema(engine)  # at head: no error
         async with engine.connect() as conn:
-            kind = await conn.scalar(
-                text("SELECT relkind::text FROM pg_class WHERE relname = 'usage_events'")
-            )
+            kind = await conn.scalar(text("SELECT relkind::text FROM pg_class WHERE relname = 'usage_events'"))
         assert kind == "p"  # partitioned
         partitions = await list_usage_partitions(engine)
         this_month = datetime.now(UTC).strftime("usage_events_p%Y%m")
@@ -100,9 +98,7 @@ async def test_embedded_sqlite_migrates_itself(tmp_path: Path) -> None:
     with pytest.raises(SchemaNotMigrated):
         await prepare_database(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}", auto_migrate=False)
     # A database in a directory that does not exist yet: the directory is created.
-    engine = await prepare_database(
-        f"sqlite+aiosqlite:///{tmp_path / 'new' / 'dir' / 't.db'}", auto_migrate=True
-    )
+    engine = await prepare_database(f"sqlite+aiosqlite:///{tmp_path / 'new' / 'dir' / 't.db'}", auto_migrate=True)
     await engine.dispose()
 
 
@@ -117,9 +113,7 @@ def event(request_id: str, created_at: datetime) -> UsageEvent:
     )
 
 
-async def test_partition_created_later_takes_over_rows_from_default(
-    postgres_url: str, tmp_path: Path
-) -> None:
+async def test_partition_created_later_takes_over_rows_from_default(postgres_url: str, tmp_path: Path) -> None:
     await asyncio.to_thread(upgrade, postgres_url)
     engine = create_engine(postgres_url)
     month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -137,9 +131,7 @@ async def test_partition_created_later_takes_over_rows_from_default(
 
         assert await ensure_usage_partitions(engine, months_ahead=6) >= 1
         async with engine.connect() as conn:
-            rows = (
-                await conn.execute(text("SELECT request_id, tableoid::regclass::text FROM usage_events"))
-            ).all()
+            rows = (await conn.execute(text("SELECT request_id, tableoid::regclass::text FROM usage_events"))).all()
         placed: dict[str, str] = {r[0]: r[1] for r in rows}
         assert placed["in-default"] == far.strftime("usage_events_p%Y%m")
         assert placed["this-month"] == month_start.strftime("usage_events_p%Y%m")

@@ -366,9 +366,7 @@ async def test_spool_survives_a_recorder_restart(
     assert await second_spool.size() == 0
 
 
-async def test_replay_after_lost_acknowledgement_does_not_double_count(
-    engine: AsyncEngine, tmp_path: Path
-) -> None:
+async def test_replay_after_lost_acknowledgement_does_not_double_count(engine: AsyncEngine, tmp_path: Path) -> None:
     """The crash window: rows committed, spool not yet acknowledged. The replay must add nothing."""
     spool = DiskSpool(tmp_path / "spool")
     events = [make_event() for _ in range(40)]
@@ -426,15 +424,11 @@ async def test_redis_spool_round_trip(redis_url: str) -> None:
     spool = RedisSpool(client, f"tollway:test:spool:{uuid.uuid4().hex}")
     try:
         await spool.open()
-        events = [
-            make_event(created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i)) for i in range(7)
-        ]
+        events = [make_event(created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i)) for i in range(7)]
         await spool.append(events)
         assert spool.pending == 7 and await spool.size() == 7
         first = await spool.read(5)
-        assert first is not None and [e.request_id for e in first.events] == [
-            e.request_id for e in events[:5]
-        ]
+        assert first is not None and [e.request_id for e in first.events] == [e.request_id for e in events[:5]]
         assert first.events[0] == events[0]  # every field, Decimal and datetime included
         await spool.ack(first)
         rest = await spool.read(5)

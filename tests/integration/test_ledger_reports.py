@@ -100,9 +100,7 @@ async def fill(engine: AsyncEngine, tmp_path: Path, count: int = 400) -> list[Us
 
 
 @pytest.mark.parametrize("group_by", ["team", "key", "model", "day", "hour"])
-async def test_report_totals_equal_the_rows_exactly(
-    engine: AsyncEngine, tmp_path: Path, group_by: str
-) -> None:
+async def test_report_totals_equal_the_rows_exactly(engine: AsyncEngine, tmp_path: Path, group_by: str) -> None:
     events = await fill(engine, tmp_path)
     end = START + timedelta(days=4)
     report = await usage_report(engine, start=START, end=end, group_by=group_by)  # type: ignore[arg-type]
@@ -116,15 +114,11 @@ async def test_report_totals_equal_the_rows_exactly(
     assert report.total.requests == len(events)
     assert report.total.errors == sum(1 for e in events if e.status >= 400)
     assert report.total.cache_read_tokens == sum(e.cache_read_tokens for e in events)
-    assert report.total.cache_write_tokens == sum(
-        e.cache_write_5m_tokens + e.cache_write_1h_tokens for e in events
-    )
+    assert report.total.cache_write_tokens == sum(e.cache_write_5m_tokens + e.cache_write_1h_tokens for e in events)
     assert isinstance(report.total.cost_usd, Decimal)
 
     async with engine.connect() as conn:
-        stored = await conn.scalar(
-            select(func.sum(usage_events.c.cost_usd, type_=usage_events.c.cost_usd.type))
-        )
+        stored = await conn.scalar(select(func.sum(usage_events.c.cost_usd, type_=usage_events.c.cost_usd.type)))
     assert stored == expected_cost
 
     # The CSV says the same, to the last digit.
@@ -170,9 +164,7 @@ async def test_ranges_and_filters(engine: AsyncEngine, tmp_path: Path) -> None:
     assert team_id is not None
     one = await usage_totals(engine, start=START, end=START + timedelta(days=4), team_id=team_id)
     assert one.cost_usd == sum((e.cost_usd for e in events if e.team_id == team_id), Decimal(0))
-    empty = await usage_totals(
-        engine, start=datetime(2020, 1, 1, tzinfo=UTC), end=datetime(2020, 2, 1, tzinfo=UTC)
-    )
+    empty = await usage_totals(engine, start=datetime(2020, 1, 1, tzinfo=UTC), end=datetime(2020, 2, 1, tzinfo=UTC))
     assert (empty.requests, empty.cost_usd) == (0, Decimal(0))
 
 

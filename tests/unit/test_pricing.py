@@ -55,9 +55,9 @@ def test_mixed_usage_is_the_sum_of_its_parts() -> None:
         cache_write_1h_tokens=4096,
         cache_read_tokens=8192,
     )
-    expected = (
-        Decimal(1234) * 3 + Decimal(567) * 15 + Decimal(2048) * Decimal("3.75") + Decimal(4096) * 6
-    ) / Decimal(1_000_000) + Decimal(8192) * Decimal("0.30") / Decimal(1_000_000)
+    expected = (Decimal(1234) * 3 + Decimal(567) * 15 + Decimal(2048) * Decimal("3.75") + Decimal(4096) * 6) / Decimal(
+        1_000_000
+    ) + Decimal(8192) * Decimal("0.30") / Decimal(1_000_000)
     cost = cost_of(model(), usage)
     assert cost.total == expected.quantize(QUANTUM)
     assert isinstance(cost.total, Decimal)
@@ -85,9 +85,7 @@ def test_openai_cached_input_priced_at_cached_rate() -> None:
     # 2_000 uncached input and 8_000 cache reads.
     cost = cost_of(gpt, Usage(input_tokens=2_000, cache_read_tokens=8_000, output_tokens=100))
     expected = (
-        Decimal(2_000) * gpt.prices.input
-        + Decimal(8_000) * gpt.prices.cache_read
-        + Decimal(100) * gpt.prices.output
+        Decimal(2_000) * gpt.prices.input + Decimal(8_000) * gpt.prices.cache_read + Decimal(100) * gpt.prices.output
     ) / Decimal(1_000_000)
     assert cost.total == expected.quantize(QUANTUM)
 
@@ -123,10 +121,7 @@ def test_expected_cost_moves_cached_input_to_cache_reads() -> None:
 
 def test_costs_are_quantized_to_the_ledger_scale() -> None:
     m = model()
-    costs = [
-        cost_of(m, Usage(input_tokens=i, cache_read_tokens=3 * i, output_tokens=i // 7))
-        for i in range(1, 500)
-    ]
+    costs = [cost_of(m, Usage(input_tokens=i, cache_read_tokens=3 * i, output_tokens=i // 7)) for i in range(1, 500)]
     # 10 decimal places: exactly what NUMERIC(20,10) (and SQLite's integer 1e-10 units) store, so a
     # stored row reads back equal to the Decimal the pipeline computed.
     for cost in costs:
