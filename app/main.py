@@ -17,8 +17,10 @@ from starlette.responses import Response
 from app import __version__
 from app.api import chat, health, models, routing
 from app.api.errors import GatewayError, error_response
+from app.api.hot_path import TollwayApp
 from app.api.request_id import RequestIdMiddleware
 from app.config import Catalog, Settings, load_catalog, load_settings
+from app.context import new_request_id
 from app.domain import ClientFormat
 from app.observability.logging import configure_logging
 from app.pipeline import Pipeline
@@ -51,7 +53,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             app.state.draining = True
             await services.aclose()
 
-    app = FastAPI(
+    app = TollwayApp(
         title="Tollway",
         version=__version__,
         lifespan=lifespan,
@@ -108,7 +110,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
         fmt: ClientFormat = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
-        return error_response(GatewayError("api_error", "internal error in Tollway", status=500), fmt)
+        error = GatewayError("api_error", "internal error in Tollway", status=500)
+        return error_response(error, fmt, request_id=new_request_id())
 
     return app
 

@@ -42,9 +42,10 @@ from app.ledger.events import UsageEvent
 from app.observability.logging import log_request
 from app.observability.tracing import span
 from app.providers.base import UpstreamError, UpstreamStream
-from app.providers.dispatch import Dispatcher, reject_sampling, without_sampling
+from app.providers.dispatch import Dispatcher, record_usage, reject_sampling, without_sampling
 from app.routing.router import Candidate, RouteError
 from app.services import Services
+from app.tokens import estimate_tokens
 from app.wire import anthropic as anthropic_wire
 from app.wire import openai as openai_wire
 from app.wire.accumulate import StreamTracker
@@ -326,10 +327,11 @@ class Pipeline:
                 await upstream.aclose()
             ctx.first_token_at = tracker.first_token_at
             if ctx.attempts:
-                from app.providers.dispatch import record_usage
-
                 model = self.s.catalog.models[ctx.attempts[-1].model]
-                record_usage(ctx.attempts[-1], model, tracker.response())
+                answer = tracker.response()
+                assert ctx.chat is not None
+                answer.usage = tracker.usage_so_far(estimate_tokens(ctx.chat))
+                record_usage(ctx.attempts[-1], model, answer)
             if not aborted and status == 200 and self._cacheable(ctx):
                 answer = tracker.response()
                 answer.model = ctx.served_model or answer.model

@@ -27,6 +27,7 @@ class StreamTracker:
         self.finished = False  # message_stop seen
         self.error: dict[str, Any] | None = None
         self.keep_content = keep_content
+        self.deltas = 0  # content deltas seen: a floor on output tokens when a stream is cut
         self._clock = clock
         self._blocks: dict[int, Block] = {}
         self._partial_json: dict[int, list[str]] = {}
@@ -34,6 +35,7 @@ class StreamTracker:
     def see(self, event: StreamEvent) -> None:
         etype = event.type
         if etype == "content_block_delta":
+            self.deltas += 1
             if self.first_token_at is None:
                 self.first_token_at = self._clock()
             if self.keep_content:
@@ -85,6 +87,26 @@ class StreamTracker:
                 self._blocks[index]["input"] = orjson.loads(text) if text else {}
             except orjson.JSONDecodeError:
                 self._blocks[index]["input"] = {}
+
+    def usage_so_far(self, estimated_input_tokens: int) -> Usage:
+        """Usage for billing and budgets, also when the stream ended early.
+
+        A stream cut before its final usage (client abort, upstream failure) has been charged by the
+        provider for what it generated: at least one token per content delta sent, and the whole
+        prompt. OpenAI-style upstreams report usage only at the end, so the prompt is estimated.
+        """
+        if self.finished:
+            return self.usage
+        usage = Usage(
+            input_tokens=self.usage.input_tokens,
+            output_tokens=max(self.usage.output_tokens, self.deltas),
+            cache_write_5m_tokens=self.usage.cache_write_5m_tokens,
+            cache_write_1h_tokens=self.usage.cache_write_1h_tokens,
+            cache_read_tokens=self.usage.cache_read_tokens,
+        )
+        if usage.prompt_tokens == 0:
+            usage.input_tokens = estimated_input_tokens
+        return usage
 
     def response(self) -> ChatResponse:
         content = [self._blocks[i] for i in sorted(self._blocks)]
