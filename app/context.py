@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,9 +19,13 @@ if TYPE_CHECKING:
     from app.routing.router import Plan
 
 
+# Ids need uniqueness, not secrecy: a seeded PRNG avoids a getrandom() system call per request.
+_rng = random.Random(os.urandom(16))
+
+
 def new_request_id() -> str:
     # Time-ordered (nanoseconds first) so ledger inserts append to the index instead of scattering.
-    return f"req_{time.time_ns():016x}{os.urandom(6).hex()}"
+    return f"req_{time.time_ns():016x}{_rng.getrandbits(48):012x}"
 
 
 @dataclass

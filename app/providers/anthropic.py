@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 
-import httpx
 import orjson
 
 from app.api.errors import GatewayError
 from app.config import ProviderConfig
 from app.domain import ChatRequest, ChatResponse, StreamEvent
 from app.providers.base import UpstreamError
-from app.providers.http import SSEUpstreamStream, connection_error, forwarded_headers, make_client, send
+from app.providers.http import SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
 from app.wire import anthropic as wire
 from app.wire.sse import SSEEvent
 
@@ -39,25 +38,16 @@ class AnthropicProvider:
         # API version 2026-10-21 rejects sampling parameters; a request that still carries them (the
         # model's config allows them) is sent under the version that accepts them.
         has_sampling = req.temperature is not None or req.top_p is not None or req.top_k is not None
-        headers["anthropic-version"] = (
-            LEGACY_VERSION if has_sampling else (req.anthropic_version or LEGACY_VERSION)
-        )
+        headers["anthropic-version"] = LEGACY_VERSION if has_sampling else (req.anthropic_version or LEGACY_VERSION)
         if req.anthropic_beta:
             headers["anthropic-beta"] = req.anthropic_beta
         headers.update(forwarded_headers(client_headers, is_simulator=self.is_simulator))
         return headers
 
-    async def complete(
-        self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]
-    ) -> ChatResponse:
+    async def complete(self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]) -> ChatResponse:
         body = wire.build_request(req, upstream_model, stream=False)
         response = await send(
-            self._client,
-            self._messages_url,
-            body,
-            self._request_headers(req, headers),
-            stream=False,
-            provider=self.name,
+            self._client, self._messages_url, body, self._request_headers(req, headers), provider=self.name
         )
         try:
             return wire.parse_response(orjson.loads(response.content))
@@ -66,19 +56,16 @@ class AnthropicProvider:
                 502, "api_error", f"the upstream provider '{self.name}' sent a malformed response"
             ) from exc
 
-    async def open_stream(
-        self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]
-    ) -> SSEUpstreamStream:
+    async def open_stream(self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]) -> SSEUpstreamStream:
         body = wire.build_request(req, upstream_model, stream=True)
-        response = await send(
+        return await open_sse(
             self._client,
             self._messages_url,
             body,
             self._request_headers(req, headers),
-            stream=True,
+            _translator(self.name),
             provider=self.name,
         )
-        return SSEUpstreamStream(response, _translator(self.name), self.name)
 
     async def count_tokens(self, req: ChatRequest, upstream_model: str) -> int | None:
         body = wire.build_request(req, upstream_model, stream=False)
@@ -87,17 +74,10 @@ class AnthropicProvider:
         body.pop("metadata", None)
         try:
             response = await send(
-                self._client,
-                self._count_url,
-                body,
-                self._request_headers(req, {}),
-                stream=False,
-                provider=self.name,
+                self._client, self._count_url, body, self._request_headers(req, {}), provider=self.name
             )
         except UpstreamError:
             return None
-        except httpx.HTTPError as exc:  # pragma: no cover - send() maps these already
-            raise connection_error(exc, self.name) from exc
         value = orjson.loads(response.content).get("input_tokens")
         return value if isinstance(value, int) else None
 

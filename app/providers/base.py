@@ -39,13 +39,9 @@ class Provider(Protocol):
     kind: str  # "anthropic" | "openai"
     is_simulator: bool
 
-    async def complete(
-        self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]
-    ) -> ChatResponse: ...
+    async def complete(self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]) -> ChatResponse: ...
 
-    async def open_stream(
-        self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]
-    ) -> UpstreamStream:
+    async def open_stream(self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]) -> UpstreamStream:
         """Send the request; raise UpstreamError before any event if the upstream refuses it."""
         ...
 

@@ -183,9 +183,7 @@ def record_usage(attempt: Attempt, model: ModelConfig, response: ChatResponse) -
     attempt.cost, attempt.uncached_cost = cost.total, cost.uncached
 
 
-async def _complete(
-    provider: Provider, request: ChatRequest, upstream_model: str, ctx: RequestContext
-) -> ChatResponse:
+async def _complete(provider: Provider, request: ChatRequest, upstream_model: str, ctx: RequestContext) -> ChatResponse:
     return await provider.complete(request, upstream_model, ctx.headers)
 
 

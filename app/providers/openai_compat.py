@@ -9,7 +9,7 @@ import orjson
 from app.config import ProviderConfig
 from app.domain import ChatRequest, ChatResponse, StreamEvent
 from app.providers.base import UpstreamError
-from app.providers.http import SSEUpstreamStream, forwarded_headers, make_client, send
+from app.providers.http import SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
 from app.wire import openai as wire
 from app.wire.sse import SSEEvent
 
@@ -32,13 +32,9 @@ class OpenAICompatProvider:
     def _request_headers(self, client_headers: Mapping[str, str]) -> dict[str, str]:
         return {**self._headers, **forwarded_headers(client_headers, is_simulator=self.is_simulator)}
 
-    async def complete(
-        self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]
-    ) -> ChatResponse:
+    async def complete(self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]) -> ChatResponse:
         body = wire.build_request(req, upstream_model, stream=False, max_tokens_field=self._max_tokens_field)
-        response = await send(
-            self._client, self._url, body, self._request_headers(headers), stream=False, provider=self.name
-        )
+        response = await send(self._client, self._url, body, self._request_headers(headers), provider=self.name)
         try:
             return wire.parse_response(orjson.loads(response.content))
         except (orjson.JSONDecodeError, AttributeError, IndexError) as exc:
@@ -46,13 +42,8 @@ class OpenAICompatProvider:
                 502, "api_error", f"the upstream provider '{self.name}' sent a malformed response"
             ) from exc
 
-    async def open_stream(
-        self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]
-    ) -> SSEUpstreamStream:
+    async def open_stream(self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]) -> SSEUpstreamStream:
         body = wire.build_request(req, upstream_model, stream=True, max_tokens_field=self._max_tokens_field)
-        response = await send(
-            self._client, self._url, body, self._request_headers(headers), stream=True, provider=self.name
-        )
         provider = self.name
 
         async def translate(sse: AsyncIterator[SSEEvent]) -> AsyncIterator[StreamEvent]:
@@ -69,20 +60,18 @@ class OpenAICompatProvider:
                         502, "api_error", f"the upstream provider '{provider}' sent a malformed stream"
                     ) from exc
                 if isinstance(chunk, dict) and "error" in chunk:
-                    raise UpstreamError(
-                        502, "overloaded", f"the upstream provider '{provider}' failed mid-stream"
-                    )
+                    raise UpstreamError(502, "overloaded", f"the upstream provider '{provider}' failed mid-stream")
                 for event in decoder.feed(chunk):
                     yield event
             if not done and decoder.finish is None:
                 # Closed before a finish_reason or [DONE]: a cut stream, not a complete answer.
-                raise UpstreamError(
-                    502, "api_error", f"the upstream provider '{provider}' ended the stream early"
-                )
+                raise UpstreamError(502, "api_error", f"the upstream provider '{provider}' ended the stream early")
             for event in decoder.finish_events():
                 yield event
 
-        return SSEUpstreamStream(response, translate, self.name)
+        return await open_sse(
+            self._client, self._url, body, self._request_headers(headers), translate, provider=self.name
+        )
 
     async def count_tokens(self, req: ChatRequest, upstream_model: str) -> int | None:
         return None  # OpenAI has no count endpoint: the caller estimates

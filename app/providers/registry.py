@@ -31,9 +31,7 @@ class ProviderRegistry:
         self._providers: dict[str, Provider] = {}
         for name, cfg in catalog.providers.items():
             credential = cfg.credential()
-            simulated = settings.simulator == "always" or (
-                settings.simulator == "auto" and credential is None
-            )
+            simulated = settings.simulator == "always" or (settings.simulator == "auto" and credential is None)
             if credential is None and settings.simulator == "never":
                 raise ConfigError(
                     f"providers.{name}: no credential (set {cfg.api_key_env}) and TOLLWAY_SIMULATOR=never"
@@ -44,9 +42,7 @@ class ProviderRegistry:
                     base = f"{base}/{cfg.simulator_path.strip('/')}"
                 base_url = f"{base}/v1" if cfg.kind == "openai" else base
                 credential = SIMULATOR_CREDENTIAL
-                log.warning(
-                    "provider %s is served by the built-in SIMULATOR (no credential configured)", name
-                )
+                log.warning("provider %s is served by the built-in SIMULATOR (no credential configured)", name)
             else:
                 base_url = cfg.base_url
             provider: Provider
