@@ -63,10 +63,14 @@ def principal(
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(below: int = 65536) -> int:
+    """A free loopback port; ``below`` bounds it (a cluster node also uses port + 10000)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < below:
+            return port
 
 
 class RedisServer:
@@ -77,7 +81,7 @@ class RedisServer:
     """
 
     def __init__(self, port: int | None = None, *, cluster: bool = False) -> None:
-        self.port = port or free_port()
+        self.port = port or free_port(below=55535 if cluster else 65536)
         self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="tollway-redis-")
