@@ -78,7 +78,10 @@ class AnthropicProvider:
             )
         except UpstreamError:
             return None
-        value = orjson.loads(response.content).get("input_tokens")
+        try:
+            value = orjson.loads(response.content).get("input_tokens")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None  # not a count: the caller estimates, as when the upstream refuses
         return value if isinstance(value, int) else None
 
     async def aclose(self) -> None:

@@ -40,10 +40,15 @@ class UpstreamClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.cfg.max_connections, keepalive_timeout=30),
                 timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.cfg.connect_timeout_s, sock_read=self.cfg.read_timeout_s
+                    total=None,
+                    # waiting for a pooled connection plus connecting: bounded like a read
+                    connect=self.cfg.read_timeout_s,
+                    sock_connect=self.cfg.connect_timeout_s,
+                    sock_read=self.cfg.read_timeout_s,
                 ),
                 auto_decompress=True,
                 raise_for_status=False,
+                trust_env=True,  # HTTPS_PROXY / NO_PROXY for deployments behind an egress proxy
             )
         return self._session
 
