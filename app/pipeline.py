@@ -237,7 +237,7 @@ class Pipeline:
             media_type="application/json",
             headers=self.headers(ctx),
             background=BackgroundTask(
-                self.finish,
+                self.finish_later,
                 ctx,
                 status=200,
                 usage=usage,
@@ -253,7 +253,7 @@ class Pipeline:
             ctx.provider = ctx.plan.candidates[0].model.all_deployments(ctx.served_model)[0].provider
         headers = {**self.headers(ctx), "x-tollway-cache": "hit"}
         finish = BackgroundTask(
-            self.finish, ctx, status=200, usage=Usage(), stop_reason=answer.stop_reason, cache_hit=True
+            self.finish_later, ctx, status=200, usage=Usage(), stop_reason=answer.stop_reason, cache_hit=True
         )
         if not ctx.chat.stream:
             body = (
@@ -361,7 +361,7 @@ class Pipeline:
             )
         else:
             response.background = BackgroundTask(
-                self.finish,
+                self.finish_later,
                 ctx,
                 status=response.status_code,
                 usage=self._total_usage(ctx),
@@ -370,6 +370,11 @@ class Pipeline:
         return response
 
     # ---- 7. settle and record (after the response) ------------------------------------------------
+
+    async def finish_later(self, ctx: RequestContext, **outcome: Any) -> None:
+        """Runs once the response is sent; hands settlement to its own task so the connection is
+        free for the client's next request without waiting on Redis."""
+        self._spawn(self.finish(ctx, **outcome))
 
     async def finish(
         self,
