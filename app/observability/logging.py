@@ -191,6 +191,9 @@ def configure_logging(level: str, *, stream: IO[str] | None = None) -> None:
         uvicorn_logger.propagate = True
     # The HTTP clients log every upstream request at INFO: that is one line per call on the hot
     # path, and the pipeline's own line already says what happened.
+    # uvicorn's access line duplicates the pipeline's request line (and `access_log=False` is undone
+    # once its logger propagates to ours).
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     for name in ("httpx", "httpcore", "httpx2"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 

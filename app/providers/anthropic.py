@@ -25,7 +25,7 @@ class AnthropicProvider:
     ) -> None:
         self.name = name
         self.is_simulator = is_simulator
-        self._client = make_client(cfg)
+        self._client = make_client(cfg, base_url)
         root = base_url.rstrip("/")
         self._messages_url = f"{root}/v1/messages"
         self._count_url = f"{root}/v1/messages/count_tokens"

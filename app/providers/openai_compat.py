@@ -22,7 +22,7 @@ class OpenAICompatProvider:
     ) -> None:
         self.name = name
         self.is_simulator = is_simulator
-        self._client = make_client(cfg)
+        self._client = make_client(cfg, base_url)
         self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._max_tokens_field = cfg.max_tokens_field
         self._headers = {"content-type": "application/json", **cfg.extra_headers}

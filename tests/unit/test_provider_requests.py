@@ -540,3 +540,15 @@ async def test_timeouts_and_pool_come_from_config() -> None:
     finally:
         await provider.aclose()
     assert session.closed
+
+
+def test_the_environment_proxy_is_resolved_once_and_honours_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.providers.http import environment_proxy
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost,.corp")
+    assert environment_proxy("https://api.anthropic.com") == "http://proxy.internal:3128"
+    assert environment_proxy("http://127.0.0.1:8080/simulator") is None
+    assert environment_proxy("https://llm.corp/v1") is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert environment_proxy("https://api.anthropic.com") is None
