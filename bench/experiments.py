@@ -131,3 +131,44 @@ def no_env_proxy_lookup() -> None:
         original(self, *args, **kwargs)
 
     aiohttp.ClientSession.__init__ = init  # type: ignore[method-assign]
+
+
+def memory_probe(path: str, every_s: float = 30.0) -> None:
+    """tracemalloc from start-up; every ``every_s`` the allocation sites that grew most since the
+    first snapshot are written to ``path`` (slow: for finding a leak, not for timing)."""
+    import tracemalloc
+
+    import app.main
+    import app.services
+
+    tracemalloc.start(8)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def probe() -> None:
+        await asyncio.sleep(every_s)
+        first = tracemalloc.take_snapshot()
+        while True:
+            await asyncio.sleep(every_s)
+            now = tracemalloc.take_snapshot()
+            growth = now.compare_to(first, "traceback")[:12]
+            report = [
+                {
+                    "size_diff_kb": round(stat.size_diff / 1024, 1),
+                    "count_diff": stat.count_diff,
+                    "traceback": [f"{f.filename}:{f.lineno}" for f in stat.traceback][-8:],
+                }
+                for stat in growth
+            ]
+            traced, _peak = tracemalloc.get_traced_memory()
+            text = json.dumps({"traced_mb": round(traced / 2**20, 1), "growth": report}, indent=1)
+            await asyncio.to_thread(Path(path).write_text, text)
+
+    original = app.services.build_services
+
+    async def build_services(*args: Any, **kwargs: Any) -> Any:
+        services = await original(*args, **kwargs)
+        tasks.append(asyncio.get_running_loop().create_task(probe()))
+        return services
+
+    app.services.build_services = build_services
+    app.main.build_services = build_services
