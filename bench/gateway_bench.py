@@ -245,6 +245,11 @@ def _side_summary(results: list[dict[str, Any]], streaming: bool) -> dict[str, A
     }
     core1 = sum(r["client_cpu_s"] + r["sim_cpu_s"] for r in results)
     out["client_core_util"] = round(core1 / wall, 3) if wall else None
+    # Cores busy with anything else (Redis, PostgreSQL, other jobs), over the same window as the
+    # machine-wide figure: the round plus its settle time.
+    elapsed = sum(r["elapsed_s"] for r in results)
+    ours = core1 + sum(r.get("gateway_cpu_s", 0.0) for r in results)
+    out["other_util"] = round(max(0.0, sum(r["busy_cpu_s"] for r in results) - ours) / elapsed, 3)
     if streaming:
         out["ttft_ms"] = summary_ms(_pool(results, "ttft"))
         gaps = _pool(results, "gaps")

@@ -30,9 +30,7 @@ def ensure_venv(log: Any) -> Path:
         return litellm
     log(f"installing LiteLLM proxy into {venv} (throwaway virtualenv)")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "litellm[proxy]"], check=True, timeout=1800
-    )
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "litellm[proxy]"], check=True, timeout=1800)
     return litellm
 
 
@@ -136,9 +134,7 @@ def run(bench: Any, models: dict[str, dict[str, str]], work_dir: Path) -> dict[s
         [str(litellm.with_name("pip")), "show", "litellm"], capture_output=True, text=True, timeout=60
     ).stdout
     return {
-        "version": next(
-            (ln.split(":", 1)[1].strip() for ln in version.splitlines() if ln.startswith("Version")), None
-        ),
+        "version": next((ln.split(":", 1)[1].strip() for ln in version.splitlines() if ln.startswith("Version")), None),
         "note": "LiteLLM proxy, one worker pinned like Tollway's, no database, no budgets: its leanest setup",
         "peak_rss_mb": round(peak / 2**20, 1),
         "cells": cells,

@@ -176,9 +176,7 @@ class ProcessGroup:
             self.stop(child)
 
 
-def wait_http(
-    port: int, path: str, child: Child, timeout: float = 30.0, headers: dict[str, str] | None = None
-) -> None:
+def wait_http(port: int, path: str, child: Child, timeout: float = 30.0, headers: dict[str, str] | None = None) -> None:
     """Wait until ``GET path`` answers (any status below 500), or fail with the child's log."""
     import httpx
 

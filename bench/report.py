@@ -45,7 +45,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def other_load(side: dict[str, Any]) -> float | None:
     """Cores busy with anything but the gateway, simulator and client (Redis, PostgreSQL, other jobs)."""
-    try:
+    if "other_util" in side:
+        return float(side["other_util"])
+    try:  # results from before other_util: utilisations over slightly different windows
         return max(0.0, side["machine_busy_util"] - side["gateway_cpu_util"] - side["client_core_util"])
     except (KeyError, TypeError):
         return None

@@ -49,7 +49,13 @@ PILLARS: dict[str, tuple[str, list[str], list[str], str]] = {
 
 
 def run_pillars(smoke: bool, out_dir: Path) -> dict[str, Any]:
+    """Run the pillar benchmarks; in smoke mode their results go to a temporary directory, so the
+    committed results of full runs stay as they are."""
+    import tempfile
+
     collected: dict[str, Any] = {}
+    if smoke:
+        out_dir = Path(tempfile.mkdtemp(prefix="tollway-pillars-"))
     for name, (module, full_args, smoke_args, result_file) in PILLARS.items():
         args = smoke_args if smoke else full_args
         if smoke:  # keep the committed results of a full run: write the smoke ones elsewhere
@@ -100,9 +106,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if args.concurrencies:
         plan.concurrencies = args.concurrencies
         plan.counts = {c: plan.counts.get(c, 1500 if c > 8 else 300) for c in args.concurrencies}
-        plan.scaling_concurrencies = [c for c in plan.scaling_concurrencies if c in plan.counts] or [
-            max(plan.counts)
-        ]
+        plan.scaling_concurrencies = [c for c in plan.scaling_concurrencies if c in plan.counts] or [max(plan.counts)]
     plan.long_streams = not args.no_long_streams
     plan.below_saturation = not args.no_below_saturation
     plan.gateway_prelude = args.gateway_prelude
@@ -118,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--smoke", action="store_true", help="short variant for CI (reports, asserts no timing)"
-    )
+    parser.add_argument("--smoke", action="store_true", help="short variant for CI (reports, asserts no timing)")
     parser.add_argument("--all", action="store_true", help="also run the pillar benchmarks")
     parser.add_argument(
         "--soak",
@@ -140,28 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell (default 3)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--profile", action="store_true", help="profile even in --smoke")
-    parser.add_argument(
-        "--profile-seconds", type=float, default=None, help="py-spy duration per load (default 20)"
-    )
+    parser.add_argument("--profile-seconds", type=float, default=None, help="py-spy duration per load (default 20)")
     parser.add_argument("--no-scaling", action="store_true", help="skip one worker vs two")
-    parser.add_argument(
-        "--litellm", action="store_true", help="also benchmark LiteLLM proxy (throwaway venv)"
-    )
+    parser.add_argument("--litellm", action="store_true", help="also benchmark LiteLLM proxy (throwaway venv)")
     parser.add_argument(
         "--litellm-only",
         action="store_true",
         help="only the LiteLLM cells, added to the existing gateway-latest.json",
     )
-    parser.add_argument(
-        "--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md and the chart"
-    )
-    parser.add_argument(
-        "--concurrencies", type=int, nargs="+", default=None, help="override (default 1 8 32 128)"
-    )
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md and the chart")
+    parser.add_argument("--concurrencies", type=int, nargs="+", default=None, help="override (default 1 8 32 128)")
     parser.add_argument("--no-long-streams", action="store_true", help="skip the 1,000-token streams")
-    parser.add_argument(
-        "--no-below-saturation", action="store_true", help="skip the paced concurrency-32 cells"
-    )
+    parser.add_argument("--no-below-saturation", action="store_true", help="skip the paced concurrency-32 cells")
     parser.add_argument(
         "--gateway-prelude",
         default=None,
