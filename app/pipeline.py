@@ -103,9 +103,7 @@ class Pipeline:
     async def authenticate(self, request: Request) -> Principal:
         secret = bearer_or_api_key(request)
         if not secret:
-            raise GatewayError(
-                "authentication", "missing API key: send it as 'x-api-key' or 'Authorization: Bearer'"
-            )
+            raise GatewayError("authentication", "missing API key: send it as 'x-api-key' or 'Authorization: Bearer'")
         try:
             principal = await self.s.keys.lookup(secret)
         except KeyStoreUnavailable as exc:
@@ -140,9 +138,7 @@ class Pipeline:
             # Reserve for exactly the output cap the upstream will be sent (see prepare_for_model).
             req = with_output_cap(ctx.chat, model, ctx.principal)
             tokens, usd = worst_case(req, model, ctx.principal, self.s.settings)
-            admission = await self.s.limiter.admit(
-                ctx.principal, tokens=tokens, usd=usd, request_id=ctx.request_id
-            )
+            admission = await self.s.limiter.admit(ctx.principal, tokens=tokens, usd=usd, request_id=ctx.request_id)
             if ctx.principal.policy.downgrade_at_budget_share is not None:
                 self.s.note_budget_share(ctx.principal.team_id, admission.token_budget_share_used())
             return admission
@@ -159,9 +155,7 @@ class Pipeline:
                 },
             ) from err
         except BudgetBackendUnavailable as err:
-            raise GatewayError(
-                "unavailable", "budget store unavailable: request refused (fail-closed policy)"
-            ) from err
+            raise GatewayError("unavailable", "budget store unavailable: request refused (fail-closed policy)") from err
 
     # ---- 4. prepare: response cache, and per-model adaptation -------------------------------------
 
@@ -184,9 +178,7 @@ class Pipeline:
             log.warning("unreadable response-cache entry, treated as a miss")
             return None
 
-    async def prepare_for_model(
-        self, ctx: RequestContext, req: ChatRequest, candidate: Candidate
-    ) -> ChatRequest:
+    async def prepare_for_model(self, ctx: RequestContext, req: ChatRequest, candidate: Candidate) -> ChatRequest:
         """Adapt the canonical request to one candidate model (called per model tried)."""
         assert ctx.principal is not None and ctx.admission is not None
         model = candidate.model
@@ -208,11 +200,7 @@ class Pipeline:
         provider_kind = self.s.catalog.providers[model.all_deployments(candidate.name)[0].provider].kind
         policy = ctx.principal.policy
         route = self.s.catalog.routes.get(ctx.plan.route) if ctx.plan and ctx.plan.route else None
-        mode = (
-            route.prompt_cache
-            if route is not None and route.prompt_cache is not None
-            else policy.prompt_cache
-        )
+        mode = route.prompt_cache if route is not None and route.prompt_cache is not None else policy.prompt_cache
         if provider_kind == "anthropic" and prompt_cache_enabled(mode, ctx.header(PROMPT_CACHE_HEADER)):
             req = copy_for_breakpoints(req)
             apply_breakpoints(req, model, ttl=policy.prompt_cache_ttl)
@@ -295,25 +283,36 @@ class Pipeline:
         metrics: Any,
         fmt: ClientFormat,
     ) -> AsyncIterator[bytes]:
-        """Forward events as they arrive; on any ending (done, upstream error, client gone) settle."""
+        """Forward events as they arrive; on any ending (done, upstream error, client gone) settle.
+
+        The events of one upstream read go out in one write: same bytes, same moment, far fewer
+        sends (each costs the server a write call and a trip through the ASGI machinery)."""
         status, error_type, aborted = 200, None, True
         last = time.perf_counter()
+        see = tracker.see
         try:
-            async for event in upstream:
-                tracker.see(event)
-                now = time.perf_counter()
-                metrics.observe_inter_event(now - last, fmt)
-                last = now
-                if event.type == "error":
-                    upstream_type = (tracker.error or {}).get("type")
-                    status, error_type = 502, upstream_type or "api_error"
-                    kind = kind_from_anthropic_type(upstream_type)
-                    yield sse_error_event(GatewayError(kind, "the upstream provider failed mid-stream"), fmt)
-                    aborted = False
-                    return
-                chunk = encode(event)
-                if chunk:
-                    yield chunk
+            async for batch in upstream.batches():
+                parts: list[bytes] = []
+                for event in batch:
+                    see(event)
+                    if event.type == "error":
+                        upstream_type = (tracker.error or {}).get("type")
+                        status, error_type = 502, upstream_type or "api_error"
+                        kind = kind_from_anthropic_type(upstream_type)
+                        parts.append(
+                            sse_error_event(GatewayError(kind, "the upstream provider failed mid-stream"), fmt)
+                        )
+                        aborted = False
+                        yield b"".join(parts)
+                        return
+                    chunk = encode(event)
+                    if chunk:
+                        parts.append(chunk)
+                if parts:
+                    now = time.perf_counter()
+                    metrics.observe_inter_event(now - last, fmt)
+                    last = now
+                    yield parts[0] if len(parts) == 1 else b"".join(parts)
             aborted = False
             if not tracker.finished:
                 status, error_type = 502, "api_error"
@@ -354,11 +353,7 @@ class Pipeline:
         response.headers.update(self.headers(ctx, with_budget=False))
         if err.kind == "authentication" or ctx.chat is None:
             # No team to charge: counted in metrics and logs, not in a team's ledger.
-            self._spawn(
-                self.finish(
-                    ctx, status=response.status_code, usage=Usage(), error_type=err.kind, record=False
-                )
-            )
+            self._spawn(self.finish(ctx, status=response.status_code, usage=Usage(), error_type=err.kind, record=False))
         else:
             response.background = BackgroundTask(
                 self.finish_later,
@@ -426,9 +421,7 @@ class Pipeline:
             self.s.recorder.record(event)
         team_name = principal.team_name if principal else None
         route = ctx.plan.route if ctx.plan else None
-        self.s.metrics.observe(
-            event, team_name=team_name, route=route, upstream_s=ctx.upstream_seconds, ttft_s=ttft
-        )
+        self.s.metrics.observe(event, team_name=team_name, route=route, upstream_s=ctx.upstream_seconds, ttft_s=ttft)
         log_request(
             event,
             team_name=team_name,

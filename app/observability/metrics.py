@@ -15,7 +15,7 @@ worst any worker sees, a remaining budget is the most recently refreshed value).
 ``team_label_cap`` distinct teams have been seen by the process; later teams are counted as ``other``.
 Error types are reduced to ``[a-z0-9_]`` and capped the same way.
 
-**Cost.** ``observe`` runs once per request and ``observe_inter_event`` once per stream event, so both
+**Cost.** ``observe`` runs once per request and ``observe_inter_event`` once per write to a stream, so both
 look up labelled children in plain dicts (prometheus-client's ``labels()`` validates and locks on
 every call) and do nothing else. Money is ``Decimal`` in the ledger; Prometheus samples are floats.
 """
@@ -196,7 +196,7 @@ class Metrics:
         self.inter_event = _Family(
             Histogram(
                 "tollway_stream_inter_event_seconds",
-                "Time between consecutive stream events sent to the client.",
+                "Time between consecutive writes of stream events to the client.",
                 ["client_api"],
                 buckets=INTER_EVENT_BUCKETS,
                 registry=r,

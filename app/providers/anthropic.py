@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import orjson
 
@@ -10,7 +10,7 @@ from app.api.errors import GatewayError
 from app.config import ProviderConfig
 from app.domain import ChatRequest, ChatResponse, StreamEvent
 from app.providers.base import UpstreamError
-from app.providers.http import SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
+from app.providers.http import EventTranslator, SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
 from app.wire import anthropic as wire
 from app.wire.sse import SSEEvent
 
@@ -88,16 +88,24 @@ class AnthropicProvider:
         await self._client.aclose()
 
 
-def _translator(provider: str) -> Callable[[AsyncIterator[SSEEvent]], AsyncIterator[StreamEvent]]:
-    async def events(sse: AsyncIterator[SSEEvent]) -> AsyncIterator[StreamEvent]:
-        async for item in sse:
-            try:
-                yield wire.parse_event(item.event, item.data, item.raw)
-            except GatewayError as exc:
-                # An UpstreamError becomes the client's in-stream error event; anything else would
-                # cut the client's stream without a word.
-                raise UpstreamError(
-                    502, "api_error", f"the upstream provider '{provider}' sent a malformed stream"
-                ) from exc
+class _Translator(EventTranslator):
+    """Anthropic SSE → canonical events: the same events, parsed (the raw bytes ride along).
 
-    return events
+    An Anthropic stream ends with message_stop, which the relay checks: ``done`` is never set here."""
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+
+    def translate(self, item: SSEEvent) -> list[StreamEvent]:
+        try:
+            return [wire.parse_event(item.event, item.data, item.raw)]
+        except GatewayError as exc:
+            # An UpstreamError becomes the client's in-stream error event; anything else would
+            # cut the client's stream without a word.
+            raise UpstreamError(
+                502, "api_error", f"the upstream provider '{self._provider}' sent a malformed stream"
+            ) from exc
+
+
+def _translator(provider: str) -> Callable[[], _Translator]:
+    return lambda: _Translator(provider)

@@ -27,9 +27,14 @@ class UpstreamError(Exception):
 
 
 class UpstreamStream(Protocol):
-    """An open upstream stream: iterate canonical events; ``aclose`` cancels the upstream request."""
+    """An open upstream stream: iterate canonical events; ``aclose`` cancels the upstream request.
+
+    ``batches`` yields the same events grouped as they arrived (one list per network read).
+    """
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]: ...
+
+    def batches(self) -> AsyncIterator[list[StreamEvent]]: ...
 
     async def aclose(self) -> None: ...
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import orjson
 
 from app.config import ProviderConfig
 from app.domain import ChatRequest, ChatResponse, StreamEvent
 from app.providers.base import UpstreamError
-from app.providers.http import SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
+from app.providers.http import EventTranslator, SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
 from app.wire import openai as wire
 from app.wire.sse import SSEEvent
 
@@ -45,32 +45,13 @@ class OpenAICompatProvider:
     async def open_stream(self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]) -> SSEUpstreamStream:
         body = wire.build_request(req, upstream_model, stream=True, max_tokens_field=self._max_tokens_field)
         provider = self.name
-
-        async def translate(sse: AsyncIterator[SSEEvent]) -> AsyncIterator[StreamEvent]:
-            decoder = wire.ChunkDecoder(upstream_model)
-            done = False
-            async for item in sse:
-                if item.data == b"[DONE]":
-                    done = True
-                    break
-                try:
-                    chunk = orjson.loads(item.data)
-                except orjson.JSONDecodeError as exc:
-                    raise UpstreamError(
-                        502, "api_error", f"the upstream provider '{provider}' sent a malformed stream"
-                    ) from exc
-                if isinstance(chunk, dict) and "error" in chunk:
-                    raise UpstreamError(502, "overloaded", f"the upstream provider '{provider}' failed mid-stream")
-                for event in decoder.feed(chunk):
-                    yield event
-            if not done and decoder.finish is None:
-                # Closed before a finish_reason or [DONE]: a cut stream, not a complete answer.
-                raise UpstreamError(502, "api_error", f"the upstream provider '{provider}' ended the stream early")
-            for event in decoder.finish_events():
-                yield event
-
         return await open_sse(
-            self._client, self._url, body, self._request_headers(headers), translate, provider=self.name
+            self._client,
+            self._url,
+            body,
+            self._request_headers(headers),
+            lambda: _Translator(provider, upstream_model),
+            provider=self.name,
         )
 
     async def count_tokens(self, req: ChatRequest, upstream_model: str) -> int | None:
@@ -78,3 +59,31 @@ class OpenAICompatProvider:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class _Translator(EventTranslator):
+    """OpenAI chunks → canonical (Anthropic-shaped) events; ``[DONE]`` ends the stream."""
+
+    def __init__(self, provider: str, upstream_model: str) -> None:
+        self._decoder = wire.ChunkDecoder(upstream_model)
+        self._provider = provider
+
+    def translate(self, item: SSEEvent) -> list[StreamEvent]:
+        if item.data == b"[DONE]":
+            self.done = True
+            return self._decoder.finish_events()
+        try:
+            chunk = orjson.loads(item.data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(
+                502, "api_error", f"the upstream provider '{self._provider}' sent a malformed stream"
+            ) from exc
+        if isinstance(chunk, dict) and "error" in chunk:
+            raise UpstreamError(502, "overloaded", f"the upstream provider '{self._provider}' failed mid-stream")
+        return self._decoder.feed(chunk)
+
+    def end(self) -> list[StreamEvent]:
+        if self._decoder.finish is None:
+            # Closed before a finish_reason or [DONE]: a cut stream, not a complete answer.
+            raise UpstreamError(502, "api_error", f"the upstream provider '{self._provider}' ended the stream early")
+        return self._decoder.finish_events()

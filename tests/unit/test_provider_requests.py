@@ -21,6 +21,7 @@ from app.providers.anthropic import AnthropicProvider, _translator
 from app.providers.base import UpstreamError
 from app.providers.http import SSEUpstreamStream
 from app.providers.openai_compat import OpenAICompatProvider
+from app.providers.openai_compat import _Translator as OpenAITranslator
 from app.wire import anthropic as anthropic_wire
 from app.wire import openai as openai_wire
 
@@ -73,9 +74,7 @@ def anthropic_provider(*, simulator: bool = False, **cfg: Any) -> AnthropicProvi
 
 def openai_provider(**cfg: Any) -> OpenAICompatProvider:
     config = ProviderConfig(kind="openai", base_url=OPENAI_BASE, **cfg)
-    return OpenAICompatProvider(
-        "openai", config, base_url=OPENAI_BASE, credential=OPENAI_SECRET, is_simulator=False
-    )
+    return OpenAICompatProvider("openai", config, base_url=OPENAI_BASE, credential=OPENAI_SECRET, is_simulator=False)
 
 
 def anthropic_request(version: str | None = "2026-10-21", **extra: Any) -> ChatRequest:
@@ -216,9 +215,7 @@ async def test_anthropic_stream_request_and_events(mock: aioresponses) -> None:
     mock.post(ANTHROPIC_MESSAGES, body=sse, content_type=SSE)
     provider = anthropic_provider()
     try:
-        stream = await provider.open_stream(
-            anthropic_request(stream=True), "claude-sonnet-5-5", CLIENT_HEADERS
-        )
+        stream = await provider.open_stream(anthropic_request(stream=True), "claude-sonnet-5-5", CLIENT_HEADERS)
         events: list[StreamEvent] = [e async for e in stream]
     finally:
         await provider.aclose()
@@ -401,9 +398,7 @@ class _CutResponse:
 
 
 async def test_anthropic_stream_cut_by_the_network_raises() -> None:
-    response = _CutResponse(
-        b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","usage":{}}}\n\n'
-    )
+    response = _CutResponse(b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","usage":{}}}\n\n')
     stream = SSEUpstreamStream(response, _translator("anthropic"), "anthropic")  # type: ignore[arg-type]
     events: list[StreamEvent] = []
     with pytest.raises(UpstreamError) as info:
@@ -514,9 +509,7 @@ async def test_malformed_success_body_is_a_502(mock: aioresponses, kind: str) ->
     assert_only_requested(mock, url)
 
 
-@pytest.mark.parametrize(
-    ("status", "body"), [(500, b'{"error":{"message":"down"}}'), (200, b"<html>"), (200, b"[]")]
-)
+@pytest.mark.parametrize(("status", "body"), [(500, b'{"error":{"message":"down"}}'), (200, b"<html>"), (200, b"[]")])
 async def test_anthropic_count_tokens_falls_back_when_the_upstream_cannot_count(
     mock: aioresponses, status: int, body: bytes
 ) -> None:
@@ -552,3 +545,64 @@ def test_the_environment_proxy_is_resolved_once_and_honours_no_proxy(monkeypatch
     assert environment_proxy("https://llm.corp/v1") is None
     monkeypatch.delenv("HTTPS_PROXY")
     assert environment_proxy("https://api.anthropic.com") is None
+
+
+class _ChunkedBody:
+    """A complete response body delivered in the given network reads."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self._reads = reads
+        self._done = False
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for read in self._reads:
+            yield read
+        self._done = True
+
+    def at_eof(self) -> bool:
+        return self._done
+
+
+class _ChunkedResponse(_CutResponse):
+    def __init__(self, reads: list[bytes]) -> None:
+        super().__init__(b"")
+        self.content = _ChunkedBody(reads)  # type: ignore[assignment]
+
+
+def _anthropic_sse(*payloads: dict[str, object]) -> bytes:
+    return b"".join(b"event: " + str(p["type"]).encode() + b"\ndata: " + orjson.dumps(p) + b"\n\n" for p in payloads)
+
+
+START = {"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 3, "output_tokens": 0}}}
+DELTAS = [{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}} for t in "abc"]
+STOP = {"type": "message_stop"}
+
+
+async def test_events_of_one_read_come_as_one_batch() -> None:
+    one_read = _anthropic_sse(START, *DELTAS)
+    split = one_read.index(b"event: content_block_delta")
+    response = _ChunkedResponse([one_read[:split] + b"eve", one_read[split + 3 :], _anthropic_sse(STOP)])
+    stream = SSEUpstreamStream(response, _translator("anthropic"), "anthropic")  # type: ignore[arg-type]
+    batches = [[e.type for e in batch] async for batch in stream.batches()]
+    # the first read completes message_start only (the next event is cut after "eve"); the second
+    # completes the three deltas; the third the stop: one batch per read, nothing held back
+    assert batches == [["message_start"], ["content_block_delta"] * 3, ["message_stop"]]
+    assert response.released and not response.closed  # read to the end: back to the pool
+
+
+async def test_openai_events_before_an_error_in_the_same_read_are_delivered() -> None:
+    chunks = [
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": t}}]}
+        for t in ("x", "y")
+    ]
+    body = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+    body += b'data: {"error": {"message": "overloaded"}}\n\n'
+    response = _ChunkedResponse([body])
+    stream = SSEUpstreamStream(response, lambda: OpenAITranslator("openai", "m"), "openai")  # type: ignore[arg-type]
+    seen: list[StreamEvent] = []
+    with pytest.raises(UpstreamError) as info:
+        async for batch in stream.batches():
+            seen += batch
+    texts = [e.data["delta"]["text"] for e in seen if e.type == "content_block_delta"]
+    assert texts == ["x", "y"]
+    assert info.value.kind == "overloaded"
