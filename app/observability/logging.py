@@ -114,6 +114,16 @@ class _PolledQueue:
     def get_nowait(self) -> Any:
         return self.get(block=False)
 
+    def drain(self) -> list[Any]:
+        """Everything queued right now, oldest first, without waiting."""
+        items: list[Any] = []
+        pop = self._items.popleft
+        try:
+            while True:
+                items.append(pop())
+        except IndexError:
+            return items
+
     def qsize(self) -> int:
         return len(self._items)
 
@@ -129,6 +139,8 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
         # The stock prepare formats the whole line here, in the caller's thread. Only resolve what
         # cannot cross threads safely (message arguments, the traceback) and leave JSON to the
         # listener thread.
+        if not record.args and not record.exc_info and isinstance(record.msg, str):
+            return record  # nothing to resolve (the request line): no copy needed
         record = logging.makeLogRecord(record.__dict__)
         record.msg = record.getMessage()
         record.args = None
@@ -144,10 +156,47 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
             self.dropped += 1
 
 
+class _BatchStreamHandler(logging.StreamHandler):
+    """Writes the lines of many records with one write and one flush (one system call, not one a line)."""
+
+    def emit_batch(self, records: list[logging.LogRecord]) -> None:
+        lines: list[str] = []
+        for record in records:
+            try:
+                lines.append(self.format(record))
+            except Exception:
+                self.handleError(record)
+        if not lines:
+            return
+        lines.append("")
+        self.acquire()
+        try:
+            self.stream.write("\n".join(lines))
+            self.flush()
+        except Exception:
+            self.handleError(records[-1])
+        finally:
+            self.release()
+
+
 class _Listener(logging.handlers.QueueListener):
-    """Stops without hanging when the queue is full or the output is stuck (at most ``timeout_s``)."""
+    """Writes what accumulated since the last poll in one batch, and stops without hanging when the
+    queue is full or the output is stuck (at most ``timeout_s``)."""
 
     timeout_s = 5.0
+
+    def _monitor(self) -> None:
+        records: _PolledQueue = self.queue  # type: ignore[assignment]
+        output: _BatchStreamHandler = self.handlers[0]  # type: ignore[assignment]
+        while True:
+            batch = [records.get(block=True), *records.drain()]
+            stop = next((i for i, item in enumerate(batch) if item is self._sentinel), None)  # type: ignore[attr-defined]
+            if stop is not None:
+                batch = batch[:stop]
+            if batch:
+                output.emit_batch([self.prepare(record) for record in batch])
+            if stop is not None:
+                return
 
     def enqueue_sentinel(self) -> None:
         try:
@@ -172,7 +221,7 @@ def configure_logging(level: str, *, stream: IO[str] | None = None) -> None:
     """
     global _listener, _handler
     shutdown_logging()
-    output = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    output = _BatchStreamHandler(stream if stream is not None else sys.stderr)
     output.setFormatter(JsonFormatter())
     records = _PolledQueue(QUEUE_SIZE)
     _handler = _DroppingQueueHandler(records)

@@ -175,3 +175,26 @@ def test_logging_never_blocks_the_caller_and_drops_when_full(monkeypatch: pytest
     written = lines(out)
     assert len(written) == 200 - dropped
     assert written[0]["request_id"] == "r0"
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_queued_together_are_written_together_in_order() -> None:
+    stream = CountingStream()
+    configure_logging("INFO", stream=stream)
+    for i in range(500):
+        log_request(finished(request_id=f"req_{i:04d}"), team_name="t", key_prefix="tw-x", route=None)
+    logging.getLogger("tollway.other").info("after %s", "the requests")
+    out = lines(stream)
+    assert [line["request_id"] for line in out[:500]] == [f"req_{i:04d}" for i in range(500)]
+    assert out[500]["msg"] == "after the requests"
+    # 501 records in a few writes: the writer drains the queue per wake-up, not one write a line
+    assert stream.writes < 50
