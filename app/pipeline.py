@@ -20,7 +20,7 @@ import anyio
 import orjson
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from app.api.errors import (
     GatewayError,
@@ -29,6 +29,7 @@ from app.api.errors import (
     kind_from_anthropic_type,
     sse_error_event,
 )
+from app.api.event_stream import EventStreamResponse
 from app.auth.keystore import KeyStoreUnavailable
 from app.auth.principal import Principal
 from app.budgets.estimate import InvalidBudgetRequest, worst_case
@@ -257,9 +258,7 @@ class Pipeline:
             for event in events:
                 yield encode(event)
 
-        return StreamingResponse(
-            replay(), media_type="text/event-stream", headers={**headers, **SSE_HEADERS}, background=finish
-        )
+        return EventStreamResponse(replay(), headers={**headers, **SSE_HEADERS}, background=finish)
 
     async def respond_stream(self, ctx: RequestContext) -> Response:
         assert ctx.chat is not None
@@ -268,10 +267,8 @@ class Pipeline:
         encode = self._event_encoder(ctx)
         metrics = self.s.metrics
         fmt = ctx.client_format
-        return StreamingResponse(
-            self._relay(ctx, upstream, tracker, encode, metrics, fmt),
-            media_type="text/event-stream",
-            headers={**self.headers(ctx), **SSE_HEADERS},
+        return EventStreamResponse(
+            self._relay(ctx, upstream, tracker, encode, metrics, fmt), headers={**self.headers(ctx), **SSE_HEADERS}
         )
 
     async def _relay(
