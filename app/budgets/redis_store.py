@@ -37,6 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.budgets.resp import RespClient
 from app.budgets.store import ReconcileBatch, ReserveOutcome, StoreUnavailable, WindowState
 from app.budgets.windows import N_KINDS, N_WINDOWS, WindowSet, team_keys
 
@@ -297,6 +298,7 @@ class _Batcher:
 
     def __init__(self, redis: aioredis.Redis, *, max_batch: int = 256, max_in_flight: int = 8) -> None:
         self.redis = redis
+        self.fast = RespClient.for_redis(redis)  # None: redis-py does the round trips
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self._queue: list[tuple[_Script, Sequence[Any], Sequence[Any], asyncio.Future[Any]]] = []
@@ -328,9 +330,7 @@ class _Batcher:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _send(
-        self, batch: list[tuple[_Script, Sequence[Any], Sequence[Any], asyncio.Future[Any]]]
-    ) -> None:
+    async def _send(self, batch: list[tuple[_Script, Sequence[Any], Sequence[Any], asyncio.Future[Any]]]) -> None:
         try:
             results = await self._execute([(script, keys, args) for script, keys, args, _ in batch])
         except BaseException as exc:  # the whole round trip failed: every caller learns why
@@ -349,22 +349,42 @@ class _Batcher:
                 future.set_result(result)
 
     async def _execute(self, calls: list[tuple[_Script, Sequence[Any], Sequence[Any]]]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        results = await self._round_trip([(script.sha, keys, args) for script, keys, args in calls])
+        missing = [i for i, result in enumerate(results) if _is_noscript(result)]
         if missing:  # first use on this server (or after a restart / SCRIPT FLUSH)
             for script in {calls[i][0] for i in missing}:
-                await self.redis.script_load(script.source)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in missing:
-                    script, keys, args = calls[i]
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                retried = await pipe.execute(raise_on_error=False)
+                await self._load(script)
+            retried = await self._round_trip([(calls[i][0].sha, calls[i][1], calls[i][2]) for i in missing])
             for i, result in zip(missing, retried, strict=True):
                 results[i] = result
         return results
+
+    async def _round_trip(self, calls: list[tuple[str, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        if self.fast is not None:
+            return await self.fast.execute([("EVALSHA", sha, len(keys), *keys, *args) for sha, keys, args in calls])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sha, keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    async def _load(self, script: _Script) -> None:
+        if self.fast is None:
+            await self.redis.script_load(script.source)
+            return
+        (reply,) = await self.fast.execute([("SCRIPT", "LOAD", script.source)])
+        if isinstance(reply, Exception):
+            raise reply
+
+    async def aclose(self) -> None:
+        if self.fast is not None:
+            await self.fast.aclose()
+
+
+def _is_noscript(result: Any) -> bool:
+    return isinstance(result, NoScriptError) or (
+        isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT")
+    )
 
 
 class _Direct:
@@ -389,9 +409,7 @@ class RedisStore:
     def __init__(self, redis: aioredis.Redis | RedisCluster, *, limits_ttl_s: int = LIMITS_TTL_S) -> None:
         self.redis = redis
         self.limits_ttl_s = limits_ttl_s
-        self._caller: _Batcher | _Direct = (
-            _Direct(redis) if isinstance(redis, RedisCluster) else _Batcher(redis)
-        )
+        self._caller: _Batcher | _Direct = _Direct(redis) if isinstance(redis, RedisCluster) else _Batcher(redis)
         self._admit = _Script(ADMIT_LUA)
         self._settle = _Script(SETTLE_LUA)
         self._status = _Script(STATUS_LUA)
@@ -515,8 +533,10 @@ class RedisStore:
         await asyncio.sleep(timeout_s)
 
     async def aclose(self) -> None:
-        # The client belongs to whoever created it (it is shared with other components).
-        return None
+        # The redis-py client belongs to whoever created it (it is shared with other components);
+        # the batcher's own connection is this store's.
+        if isinstance(self._caller, _Batcher):
+            await self._caller.aclose()
 
 
 assert N_KINDS == 6 and N_WINDOWS == 12  # the scripts hard-code this layout
