@@ -3,8 +3,8 @@
 The request path calls ``record(event)``, which only appends to an in-memory queue (a deque append
 and, now and then, waking the writer: well under a microsecond, no I/O, no await). A writer task
 takes batches of up to ``batch_size`` events, or whatever arrived within ``flush_interval_s`` of the
-first one, and inserts each batch with one multi-row ``INSERT … ON CONFLICT DO NOTHING``
-(``app/ledger/inserts.py``).
+first one, and inserts each batch with an idempotent ``INSERT … ON CONFLICT DO NOTHING``
+(``app/ledger/inserts.py``, one strategy per backend).
 
 Nothing is lost when the database is down or slow:
 
