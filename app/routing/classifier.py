@@ -1,4 +1,4 @@
-"""The task classifier: which kind of work a request asks for, in a few tens of microseconds.
+"""The task classifier: which kind of work a request asks for, in about ten microseconds.
 
 Pure Python, no model, bounded work. It reads the start and end of the system prompt, the latest
 user message that has text (split into *instruction* — a short message, or the first and last
@@ -12,26 +12,51 @@ conversation's first user message (as material), and the request's structure. It
   single left-to-right scan finds them; each distinct cue counts once. A cue in the material counts
   ``BODY_WEIGHT`` of its weight, at most ``BODY_CAP`` per class: a document that mentions a plan
   does not make its summary a planning task.
+* **The system prompt's role and its standing text.** Its opening paragraph (all of a short,
+  single-paragraph prompt) states the role or the task — "You are the triage step ...", "Extract
+  the invoice fields ..." — and counts like the user's instruction. The paragraphs after it are
+  *standing text*: policies, definitions, FAQ entries, few-shot examples, identical on every request
+  of a service. They are read like material: "never promise delivery dates; quote the carrier's
+  estimate" in a support prompt is not a request for an estimate.
+* **Persona**: a system prompt that opens by casting the model as a conversational assistant for
+  people ("You are Lumi, the friendly support assistant ...", "You are a patient Spanish tutor")
+  adds ``PERSONA_WEIGHT`` to chat: what such a service mostly does is answer people, and a task in
+  the user's turn has to outweigh that.
 * **Structure**: structured output requested (``response_format``, or a forced tool used as an
   output schema) points to extraction, to classification when the schema is a few enums; a tiny
   ``max_tokens`` points to classification and rules out long-answer classes; code fences and code
   markers (``def ``, ``=>``, ``{\n`` ...) to code; a long input under a short instruction to
-  summarization/RAG; several earlier assistant turns to chat; many digits to reasoning.
+  summarization/RAG; several earlier assistant turns to chat; many digits to reasoning, and so does
+  a *word problem* (several numbers and a "how much / how many / how long ..." question).
 
-The class with the highest score wins, with one deliberate bias: **ambiguity resolves upward.** If a
-class that needs a higher tier scores at least ``UPWARD_RATIO`` of the winner (60% over a small-tier
-winner, 75% over a medium-tier one), it wins instead, because routing a hard task to a small model
-costs quality while routing an easy task to a bigger model only costs money. With no cue at all the
-request is ``chat`` (a medium-tier default).
+The class with the highest score wins, with two deliberate biases:
+
+* **Ambiguity resolves upward.** If a class that needs a higher tier scores at least
+  ``UPWARD_RATIO`` of the winner (60% over a small-tier winner, 75% over a medium-tier one), it wins
+  instead, because routing a hard task to a small model costs quality while routing an easy task to a
+  bigger model only costs money.
+* **Weak evidence does not displace the default.** The request is ``chat`` (a medium-tier default)
+  unless the winner scores at least ``MIN_EVIDENCE`` — one full-weight cue, or a structural signal:
+  a few mentions in material or standing text alone (0.35 each) do not decide.
 
 ``confidence`` is the winner's margin over the runner-up, ``(best - second) / best`` (0 when
-nothing matched); ``features`` holds what was measured, for the explain endpoint.
+nothing decided); ``features`` holds what was measured, for the explain endpoint. It is built on
+first access: the routing hot path never reads it.
+
+**Memo.** What the classifier reads in a system prompt (cue hits of the role and of the standing
+text, the persona, punctuation counts) is a pure function of the prompt's window, and the system
+prompt is usually the same on every request of a service. ``_read_system`` keeps the last
+``SYSTEM_MEMO_SIZE`` readings in an LRU keyed by the window text itself (≤ 1,301 characters, so the
+memo holds at most ~330 K characters): a hit returns exactly what a fresh reading would, a different
+prompt is a different key, and nothing else (request, team, time) enters the result.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, get_args
 
 from app.config import TaskClass
@@ -50,12 +75,20 @@ DEMAND: dict[str, int] = {
     "reasoning": 2,
     "planning": 2,
 }
+# Tie order: the more demanding class first, then the order of TASK_CLASSES.
+_RANK_ORDER = tuple(sorted(TASK_CLASSES, key=lambda task: -DEMAND[task]))
 _LONG_ANSWERS = ("summarization", "chat", "code", "planning")
 # A more demanding class wins when it scores at least this share of the winner: readily when the
 # winner is a small-tier class (an under-served hard task is the expensive mistake), only on a near
 # tie between a medium- and a large-tier class (over-serving costs money too).
 UPWARD_RATIO = {0: 0.6, 1: 0.75}
 MIN_UPWARD_SCORE = 2.0
+# The winner needs at least this much evidence to displace the chat default: one full-weight cue or
+# a structural signal. Mentions in material or in standing text (0.35 of a cue each) alone do not.
+MIN_EVIDENCE = 1.0
+PERSONA_WEIGHT = 2.0  # a system prompt that casts the model as a conversational assistant
+WORD_PROBLEM_WEIGHT = 2.0  # several numbers and a quantity question: as strong as "how many"
+WORD_PROBLEM_NUMBERS = 3
 
 # Text windows (characters) the classifier reads: instructions live at the start and end.
 SYSTEM_HEAD, SYSTEM_TAIL = 1000, 300
@@ -67,6 +100,7 @@ BODY_WEIGHT = 0.35  # cue weight inside the material (a document mentioning "pla
 BODY_CAP = 2.0  # most a class can gain from the material, however many of its cues it contains
 FIRST_USER_HEAD = 400
 LOOKBACK_MESSAGES = 6
+SYSTEM_MEMO_SIZE = 256  # distinct system prompts whose reading is kept (one per service, typically)
 
 # ---- cues -------------------------------------------------------------------------------------------
 # (cue, class, weight). A cue ending in "$" must end at a word boundary; otherwise it is a prefix
@@ -177,6 +211,7 @@ _CUES: tuple[tuple[str, str, float], ...] = (
     ("based on the following", "rag", 2.0),
     ("based on the documents", "rag", 3.0),
     ("based on these", "rag", 2.0),
+    ("base your answer", "rag", 2.5),
     ("using only", "rag", 2.5),
     ("only the information", "rag", 3.0),
     ("only the provided", "rag", 3.0),
@@ -211,7 +246,6 @@ _CUES: tuple[tuple[str, str, float], ...] = (
     ("thanks", "chat", 1.0),
     ("thank you", "chat", 1.0),
     ("how are you", "chat", 2.0),
-    ("helpful assistant", "chat", 1.5),
     ("friendly", "chat", 1.0),
     ("what do you think", "chat", 1.5),
     ("recommend", "chat", 1.5),
@@ -474,20 +508,52 @@ _CODE_MARKERS = (
     "var ",
     "):\n",
 )
-_DROP_DIGITS = str.maketrans("", "", "0123456789")
+_DIGIT_RE = re.compile(r"[0-9]")
+# "You are [Name,] [a|an|the] [up to three words] assistant|tutor|..." at the start of the system
+# prompt: the model is cast as someone people talk to. "You are the intent detector for Acme's
+# assistant" does not match (the detector is the role), nor does "You are a coding agent".
+_PERSONA_RE = re.compile(
+    r"\s*(?:you are|you're|act as)\s+(?:[^\s,.]+,\s+)?(?:(?:a|an|the)\s+)?(?:[^\s,.;:]+\s+){0,3}?"
+    r"(?:assistant|concierge|tutor|coach|companion|advis[eo]r|representative|(?:support|service|sales) agent)\b"
+)
+_QUANTITY_QUESTION_RE = re.compile(r"how (?:much|many|long|far)\b|what time\b")
+_NUMBER_RE = re.compile(r"[0-9]+(?:[.,][0-9]+)*")
+
+
+@dataclass(frozen=True, slots=True)
+class _SystemReading:
+    """What the classifier takes from a system prompt's window: a pure function of that text."""
+
+    role_cues: frozenset[str]  # in the opening paragraph (all of a short single-paragraph prompt)
+    standing_cues: frozenset[str]  # only in the paragraphs after it
+    persona: bool
+    punctuation: int  # "{", ";", "()", "=>" in the window: code density
+    chars: int  # characters scanned
 
 
 @dataclass(slots=True)
 class Classification:
     task: TaskClass
     confidence: float
-    features: dict[str, Any] = field(default_factory=dict)
+    # What was measured, kept raw: ``features`` turns it into JSON-able data when first read.
+    evidence: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    _features: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def features(self) -> dict[str, Any]:
+        """Matched cues, per-class scores and structural measurements, for the explain endpoint."""
+        if self._features is None:
+            self._features = _features(*self.evidence) if self.evidence else {}
+        return self._features
 
 
 # ---- reading the request ---------------------------------------------------------------------------
 
 
 def _text_blocks(content: list[Block]) -> str:
+    if len(content) == 1:  # the common case, without building a list
+        text = content[0].get("text") if content[0].get("type") == "text" else None
+        return text if isinstance(text, str) else ""
     parts = [b["text"] for b in content if b.get("type") == "text" and isinstance(b.get("text"), str)]
     return parts[0] if len(parts) == 1 else "\n".join(parts)
 
@@ -517,6 +583,12 @@ def _zones(text: str) -> tuple[str, str]:
     return instruction, _window(middle, BODY_HEAD, BODY_TAIL)
 
 
+def _fences(text: str) -> int:
+    # A one-character search (memchr) first: most texts have no backtick, and counting a
+    # three-character pattern scans 50x slower.
+    return text.count("```") if "`" in text else 0
+
+
 def _has_block(messages: list[Message], kind: str) -> bool:
     for msg in messages:
         for block in msg.content:
@@ -540,6 +612,40 @@ def _schema_shape(schema: dict[str, Any] | None) -> tuple[int, int]:
     return len(props), enums
 
 
+def _system_zones(lowered: str) -> tuple[str, str]:
+    """Split a system prompt's window into (role, standing text).
+
+    The opening paragraph states the role or the task; what follows — policies, definitions, FAQ
+    entries, few-shot examples — is standing text. A single-paragraph prompt up to
+    ``SHORT_MESSAGE`` characters is all role; a longer one without an early paragraph break is
+    split after ``PARAGRAPH_MAX`` characters.
+    """
+    first_break = lowered.find("\n\n")
+    if 0 < first_break <= PARAGRAPH_MAX:
+        return lowered[:first_break], lowered[first_break:]
+    if len(lowered) <= SHORT_MESSAGE:
+        return lowered, ""
+    return lowered[:PARAGRAPH_MAX], lowered[PARAGRAPH_MAX:]
+
+
+@functools.lru_cache(maxsize=SYSTEM_MEMO_SIZE)
+def _read_system(window: str) -> _SystemReading:
+    """Cue hits, persona and punctuation of a system prompt's window (memoised: see the module
+    docstring; the key is the window, at most ``SYSTEM_HEAD + SYSTEM_TAIL + 1`` characters)."""
+    lowered = window.lower()
+    role, standing = _system_zones(lowered)
+    role_cues = frozenset(_CUE_RE.findall("\n" + role))
+    standing_cues = frozenset(_CUE_RE.findall("\n" + standing)) - role_cues if standing else frozenset()
+    punctuation = lowered.count("{") + lowered.count(";") + lowered.count("()") + lowered.count("=>")
+    return _SystemReading(
+        role_cues=role_cues,
+        standing_cues=standing_cues,
+        persona=_PERSONA_RE.match(role) is not None,
+        punctuation=punctuation,
+        chars=len(lowered) + 1,
+    )
+
+
 def classify(req: ChatRequest, *, input_tokens: int | None = None) -> Classification:
     """Classify ``req`` into one of the task classes (see the module docstring for the features).
 
@@ -556,8 +662,10 @@ def classify(req: ChatRequest, *, input_tokens: int | None = None) -> Classifica
         if msg.role != "user":
             continue
         text = _text_blocks(msg.content)
-        if any(b.get("type") == "tool_result" for b in msg.content):
-            tool_loop = True
+        for block in msg.content:
+            if block.get("type") == "tool_result":
+                tool_loop = True
+                break
         if text.strip():
             last_user = text
             break
@@ -570,27 +678,34 @@ def classify(req: ChatRequest, *, input_tokens: int | None = None) -> Classifica
     if first_user:  # how the conversation started: context for the latest turn, weighed as material
         body = f"{first_user[:FIRST_USER_HEAD]}\n{body}"
     scanned = "\n" + instruction.lower()
-    if system_text:
-        scanned += "\n" + _window(system_text, SYSTEM_HEAD, SYSTEM_TAIL).lower()
     scanned_body = "\n" + body.lower() if body else ""
+    system = _read_system(_window(system_text, SYSTEM_HEAD, SYSTEM_TAIL)) if system_text else None
 
-    # -- cue words: full weight in instructions, BODY_WEIGHT inside the material they point at
+    # -- cue words: full weight in instructions (the user's, the system prompt's role), BODY_WEIGHT
+    # in the material they point at and in the system prompt's standing text
     hits = set(_CUE_RE.findall(scanned))
+    if system is not None:
+        hits |= system.role_cues
     for cue in hits:
         entry = _CUE_TABLE.get(cue)
         if entry is not None:
             scores[entry[0]] += entry[1]
     body_hits = set(_CUE_RE.findall(scanned_body)) - hits if scanned_body else set()
-    from_body = dict.fromkeys(TASK_CLASSES, 0.0)
-    for cue in body_hits:
-        entry = _CUE_TABLE.get(cue)
-        if entry is not None:
-            from_body[entry[0]] += entry[1] * BODY_WEIGHT
-    for task, extra in from_body.items():
-        scores[task] += min(extra, BODY_CAP)
+    standing_hits = system.standing_cues - hits if system is not None else frozenset()
+    material = body_hits | standing_hits if standing_hits else body_hits
+    if material:
+        from_body: dict[str, float] = {}
+        for cue in material:
+            entry = _CUE_TABLE.get(cue)
+            if entry is not None:
+                from_body[entry[0]] = from_body.get(entry[0], 0.0) + entry[1] * BODY_WEIGHT
+        for task, extra in from_body.items():
+            scores[task] += extra if extra < BODY_CAP else BODY_CAP
+    persona = system is not None and system.persona
+    if persona:
+        scores["chat"] += PERSONA_WEIGHT
 
     # -- structure
-    features: dict[str, Any] = {}
     assistant_turns = sum(1 for m in messages if m.role == "assistant")
     fmt = req.response_format
     tool_choice = req.tool_choice or {}
@@ -616,21 +731,22 @@ def classify(req: ChatRequest, *, input_tokens: int | None = None) -> Classifica
         elif max_tokens <= 64:
             scores["classification"] += 1.5
 
-    fences = last_user.count("```") + system_text.count("```")
+    fences = _fences(last_user) + _fences(system_text)
     code_window = _window(last_user, USER_HEAD, USER_TAIL)
     code_marks = 0
     if "=" in code_window or "{" in code_window or ";" in code_window or "def " in code_window:
         # Prose rarely has any of these: skip counting every marker when none is there.
         code_marks = sum(code_window.count(marker) for marker in _CODE_MARKERS)
-    window_len = max(len(scanned), 1)
-    punctuation = (
-        scanned.count("{") + scanned.count(";") + scanned.count("()") + scanned.count("=>")
-    ) / window_len
+    punctuation = scanned.count("{") + scanned.count(";") + scanned.count("()") + scanned.count("=>")
+    window_len = len(scanned)
+    if system is not None:
+        punctuation += system.punctuation
+        window_len += system.chars
     if fences >= 2:
         scores["code"] += 2.5
     if code_marks >= 3:
         scores["code"] += 2.0 if code_marks < 8 else 3.0
-    if punctuation > 0.01:
+    if punctuation / window_len > 0.01:
         scores["code"] += 1.0
 
     tokens = input_tokens if input_tokens is not None else (len(system_text) + len(last_user)) // 4
@@ -641,9 +757,20 @@ def classify(req: ChatRequest, *, input_tokens: int | None = None) -> Classifica
     if assistant_turns >= 2:
         scores["chat"] += min(0.75 * assistant_turns, 2.5)
     head = instruction[:USER_HEAD]
-    digits = len(head) - len(head.translate(_DROP_DIGITS))
-    if digits >= 15 and fences == 0 and code_marks < 3:
+    digits = len(_DIGIT_RE.findall(head))
+    prose = fences == 0 and code_marks < 3
+    if digits >= 15 and prose:
         scores["reasoning"] += 1.0
+    # A word problem: the instruction gives several quantities and asks for one ("I ordered 4 chairs
+    # at 129 and a table at 480 with 10% off ... how much do I get back?"): the answer is computed.
+    word_problem = (
+        digits >= WORD_PROBLEM_NUMBERS
+        and prose
+        and _QUANTITY_QUESTION_RE.search(scanned) is not None
+        and len(_NUMBER_RE.findall(head)) >= WORD_PROBLEM_NUMBERS
+    )
+    if word_problem:
+        scores["reasoning"] += WORD_PROBLEM_WEIGHT
     if _has_block(messages, "document"):
         scores["summarization"] += 0.5
         scores["extraction"] += 0.5
@@ -654,18 +781,19 @@ def classify(req: ChatRequest, *, input_tokens: int | None = None) -> Classifica
             scores[task] *= 0.5
 
     # -- decide
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], -DEMAND[kv[0]]))
+    # Highest score first; a tie goes to the more demanding class (``_RANK_ORDER``; the sort is stable).
+    ranked = sorted([(task, scores[task]) for task in _RANK_ORDER], key=itemgetter(1), reverse=True)
     best, best_score = ranked[0]
     second_score = ranked[1][1]
     upward = None
-    if best_score > 0:
+    if best_score >= MIN_EVIDENCE:
         floor = max(UPWARD_RATIO.get(DEMAND[best], 1.0) * best_score, MIN_UPWARD_SCORE)
         for task, score in ranked[1:]:
             if DEMAND[task] > DEMAND[best] and score >= floor:
                 upward = task
                 break
-    if best_score <= 0:
-        chosen, confidence = "chat", 0.0
+    if best_score <= 0 or (best_score < MIN_EVIDENCE and best != "chat"):
+        chosen, confidence = "chat", 0.0  # nothing, or too little, points away from the default
     elif upward is not None:
         chosen = upward
         confidence = round(scores[upward] / best_score / 2, 3)
@@ -673,20 +801,63 @@ def classify(req: ChatRequest, *, input_tokens: int | None = None) -> Classifica
         chosen = best
         confidence = round((best_score - second_score) / best_score, 3)
 
-    features.update(
-        cues=sorted(hits),
-        material_cues=sorted(body_hits),
-        scores={k: round(v, 2) for k, v in ranked if v > 0},
-        upward_from=best if upward is not None else None,
-        response_format=fmt.type if fmt else None,
-        forced_tool=forced_tool,
-        tools=len(req.tools),
-        tool_loop=tool_loop,
-        max_tokens=max_tokens,
-        code_fences=fences // 2,
-        code_marks=code_marks,
-        assistant_turns=assistant_turns,
-        digits=digits,
-        scanned_chars=len(scanned) + len(scanned_body),
+    evidence = (
+        hits,
+        body_hits,
+        standing_hits,
+        ranked,
+        best if upward is not None else None,
+        persona,
+        fmt.type if fmt else None,
+        forced_tool,
+        len(req.tools),
+        tool_loop,
+        max_tokens,
+        fences,
+        code_marks,
+        assistant_turns,
+        digits,
+        word_problem,
+        window_len + len(scanned_body),
     )
-    return Classification(task=chosen, confidence=confidence, features=features)  # type: ignore[arg-type]
+    return Classification(task=chosen, confidence=confidence, evidence=evidence)  # type: ignore[arg-type]
+
+
+def _features(
+    hits: set[str],
+    body_hits: set[str],
+    standing_hits: frozenset[str],
+    ranked: list[tuple[str, float]],
+    upward_from: str | None,
+    persona: bool,
+    response_format: str | None,
+    forced_tool: bool,
+    tools: int,
+    tool_loop: bool,
+    max_tokens: int | None,
+    fences: int,
+    code_marks: int,
+    assistant_turns: int,
+    digits: int,
+    word_problem: bool,
+    scanned_chars: int,
+) -> dict[str, Any]:
+    return {
+        "cues": sorted(hits),
+        "material_cues": sorted(body_hits),
+        "standing_cues": sorted(standing_hits),
+        "scores": {k: round(v, 2) for k, v in ranked if v > 0},
+        "upward_from": upward_from,
+        "persona": persona,
+        "response_format": response_format,
+        "forced_tool": forced_tool,
+        "tools": tools,
+        "tool_loop": tool_loop,
+        "max_tokens": max_tokens,
+        "code_fences": fences // 2,
+        "code_marks": code_marks,
+        "assistant_turns": assistant_turns,
+        "digits": digits,
+        "word_problem": word_problem,
+        "scanned_chars": scanned_chars,
+    }
