@@ -172,3 +172,81 @@ def memory_probe(path: str, every_s: float = 30.0) -> None:
 
     app.services.build_services = build_services
     app.main.build_services = build_services
+
+
+def stage_timer(path: str) -> None:
+    """Wall time of each pipeline stage (authenticate, route, admit, upstream call, respond) and of
+    the whole ``handle``, written to ``path`` as JSON percentiles once a second: where an unloaded
+    request's added latency goes."""
+    import app.pipeline
+    from app.providers.dispatch import Dispatcher
+
+    samples: dict[str, list[float]] = {}
+    in_flight = [0]  # stages are recorded only for requests served alone (no queueing in them)
+
+    def note(label: str, seconds: float) -> None:
+        if in_flight[0] == 1:
+            samples.setdefault(label, []).append(seconds)
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+        if asyncio.iscoroutinefunction(original):
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    note(label, time.perf_counter() - started)
+
+            setattr(owner, name, async_wrapper)
+        else:
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    note(label, time.perf_counter() - started)
+
+            setattr(owner, name, wrapper)
+
+    pipeline = app.pipeline.Pipeline
+    timed(pipeline, "handle", "handle (to response object)")
+    timed(pipeline, "authenticate", "authenticate")
+    timed(app.pipeline, "read_json_body", "read body")
+    timed(app.pipeline, "parse_chat", "parse")
+    timed(pipeline, "route", "route")
+    timed(pipeline, "admit", "admit")
+    timed(pipeline, "lookup_response_cache", "response cache")
+    timed(pipeline, "prepare_for_model", "prepare for model")
+    timed(Dispatcher, "complete", "upstream call (dispatch)")
+    timed(pipeline, "respond", "respond (encode)")
+
+    async def writer() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            summary = {}
+            for label, values in samples.items():
+                ordered = sorted(values[-20000:])
+                summary[label] = {
+                    "n": len(values),
+                    "p50_us": round(ordered[len(ordered) // 2] * 1e6, 1),
+                    "p90_us": round(ordered[int(len(ordered) * 0.9)] * 1e6, 1),
+                }
+            await asyncio.to_thread(Path(path).write_text, json.dumps(summary, indent=1))
+
+    original_handle = pipeline.handle
+    state = {"started": False}
+
+    async def handle(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not state["started"]:
+            state["started"] = True
+            asyncio.get_running_loop().create_task(writer())
+        in_flight[0] += 1
+        try:
+            return await original_handle(self, *args, **kwargs)
+        finally:
+            in_flight[0] -= 1
+
+    pipeline.handle = handle  # type: ignore[method-assign]

@@ -38,7 +38,7 @@ import orjson
 from app.auth.principal import Principal, TeamPolicy
 from app.config import TIER_ORDER, Catalog, ModelConfig, RouteConfig, TaskClass
 from app.domain import Block, ChatRequest
-from app.ledger.pricing import MILLION, QUANTUM
+from app.ledger.pricing import QUANTUM
 from app.routing.classifier import Classification, classify
 from app.routing.health import DeploymentHealth
 from app.tokens import BYTES_PER_TOKEN_ESTIMATE, PER_BLOCK_OVERHEAD, block_bytes, request_bytes
@@ -94,15 +94,29 @@ class RouteError(Exception):
 class Candidate:
     name: str  # model name in the catalog
     model: ModelConfig
-    expected_cost: Decimal
-    verdicts: dict[str, str]  # constraint → "ok" or why it failed
-    adequate: bool
+    cost_units: int  # expected cost in COST_UNITS_PER_USD: exact integers, compared per request
+    failures: dict[str, str]  # constraint → why it failed (the others are "ok")
     expected_output_tokens: int = 0
     cached_tokens: int = 0
 
     @property
     def tier(self) -> str:
         return self.model.tier
+
+    @property
+    def adequate(self) -> bool:
+        return not self.failures
+
+    @property
+    def expected_cost(self) -> Decimal:
+        """In USD, rounded as the ledger rounds (``app.ledger.pricing.QUANTUM``)."""
+        return units_to_usd(self.cost_units)
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        """Every constraint → "ok" or why it failed, in ``CONSTRAINTS`` order (for explain)."""
+        failures = self.failures
+        return {c: failures.get(c, VERDICT_OK) for c in CONSTRAINTS}
 
 
 @dataclass(slots=True)
@@ -200,11 +214,30 @@ def _inner_kinds(block: Block, kinds: set[str]) -> None:
                 kinds.add(item.get("type") or "")
 
 
+# Prices are USD per million tokens with at most PRICE_DECIMALS decimals, so a forecast is an exact
+# integer in COST_UNITS_PER_USD: integer arithmetic is several times cheaper than Decimal, and every
+# routed request prices every candidate of its route.
+PRICE_DECIMALS = 9
+COST_UNITS_PER_USD = 10**PRICE_DECIMALS * 1_000_000
+
+
+def _price_units(price: Decimal) -> int:
+    units = price * 10**PRICE_DECIMALS
+    if units != units.to_integral_value():
+        raise ValueError(f"price {price} has more than {PRICE_DECIMALS} decimals")
+    return int(units)
+
+
+def units_to_usd(units: int) -> Decimal:
+    return (Decimal(units) / COST_UNITS_PER_USD).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
 @dataclass(frozen=True, slots=True)
 class _Rates:
-    """A model's prices, pre-sorted for ``forecast_cost``: (threshold, input, output, cache_read)."""
+    """A model's prices, pre-sorted for ``forecast_units``: (threshold, input, output, cache_read),
+    prices as integers (``_price_units``)."""
 
-    bands: tuple[tuple[int, Decimal, Decimal, Decimal], ...]
+    bands: tuple[tuple[int, int, int, int], ...]
 
     @classmethod
     def of(cls, model: ModelConfig) -> _Rates:
@@ -212,26 +245,22 @@ class _Rates:
         bands = [(0, p.input, p.output, p.cache_read)]
         bands += [(b.above_input_tokens, b.input, b.output, b.cache_read) for b in p.bands]
         bands.sort(key=lambda b: b[0])
-        return cls(tuple(bands))
+        return cls(tuple((t, _price_units(i), _price_units(o), _price_units(c)) for t, i, o, c in bands))
 
 
-def forecast_cost(rates: _Rates, input_tokens: int, output_tokens: int, cached_tokens: int) -> Decimal:
-    """``app.ledger.pricing.expected_cost`` with the price band lookup precomputed.
-
-    Same formula and rounding (a test holds them equal); about ten times faster, which matters
-    because every candidate of every routed request is priced.
-    """
+def forecast_units(rates: _Rates, input_tokens: int, output_tokens: int, cached_tokens: int) -> int:
+    """``app.ledger.pricing.expected_cost`` in exact integer units, band lookup precomputed."""
     cached = min(cached_tokens, input_tokens)
     chosen = rates.bands[0]
     for band in rates.bands:
         if input_tokens > band[0]:
             chosen = band
-    total = (
-        Decimal(max(input_tokens - cached, 0)) * chosen[1]
-        + Decimal(output_tokens) * chosen[2]
-        + Decimal(cached) * chosen[3]
-    ) / MILLION
-    return total.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+    return max(input_tokens - cached, 0) * chosen[1] + output_tokens * chosen[2] + cached * chosen[3]
+
+
+def forecast_cost(rates: _Rates, input_tokens: int, output_tokens: int, cached_tokens: int) -> Decimal:
+    """``app.ledger.pricing.expected_cost`` (same formula and rounding: a test holds them equal)."""
+    return units_to_usd(forecast_units(rates, input_tokens, output_tokens, cached_tokens))
 
 
 class Router:
@@ -277,7 +306,7 @@ class Router:
         plan, error = self._evaluate(req, principal, task_hint, budget_share_used)
         candidates = sorted(
             plan.candidates + plan.rejected,
-            key=lambda c: (not c.adequate, c.expected_cost, -TIER_ORDER[c.tier]),
+            key=lambda c: (not c.adequate, c.cost_units, -TIER_ORDER[c.tier]),
         )
         chosen = plan.candidates[0].name if plan.candidates and error is None else None
         classification = plan.classification
@@ -308,9 +337,7 @@ class Router:
                 }
                 for c in candidates
             ],
-            "error": (
-                {"status": error.status, "kind": error.kind, "message": error.message} if error else None
-            ),
+            "error": ({"status": error.status, "kind": error.kind, "message": error.message} if error else None),
         }
 
     def next_tier_candidates(self, plan: Plan, after: str) -> list[Candidate]:
@@ -323,7 +350,7 @@ class Router:
             return []
         floor = TIER_ORDER[model.tier]
         higher = [c for c in plan.candidates if TIER_ORDER[c.tier] > floor]
-        higher.sort(key=lambda c: (TIER_ORDER[c.tier], c.expected_cost))
+        higher.sort(key=lambda c: (TIER_ORDER[c.tier], c.cost_units))
         return higher
 
     # ---- evaluation -----------------------------------------------------------------------------
@@ -343,9 +370,7 @@ class Router:
             raise RouteError(404, "not_found", f"model not found: {req.model}")
         return self._evaluate_model(req, name, principal)
 
-    def _evaluate_model(
-        self, req: ChatRequest, name: str, principal: Principal
-    ) -> tuple[Plan, RouteError | None]:
+    def _evaluate_model(self, req: ChatRequest, name: str, principal: Principal) -> tuple[Plan, RouteError | None]:
         policy = principal.policy
         model = self.catalog.models[name]
         if not self._model_allowed(policy, name, req.model):
@@ -430,7 +455,7 @@ class Router:
 
         min_tier, downgraded = self._min_tier(task, route, policy, budget_share_used)
         expected_output = EXPECTED_OUTPUT[task]
-        adequate: list[tuple[Decimal, int, int, Candidate]] = []
+        adequate: list[tuple[int, int, int, Candidate]] = []
         rejected: list[Candidate] = []
         for index, name in enumerate(route.candidates):
             cand = self._candidate(
@@ -443,7 +468,7 @@ class Router:
                 allowed_models=allowed_models,
             )
             if cand.adequate:
-                adequate.append((cand.expected_cost, -TIER_ORDER[cand.tier], index, cand))
+                adequate.append((cand.cost_units, -TIER_ORDER[cand.tier], index, cand))
             else:
                 rejected.append(cand)
         adequate.sort(key=lambda item: item[:3])
@@ -492,12 +517,9 @@ class Router:
             and all(c.verdicts["team_allowed"] != VERDICT_OK for c in rejected)
             and any(only_fails(c, "team_allowed") for c in rejected)
         ):
-            return RouteError(
-                403, "permission", f"no model adequate for route {route_name} is allowed for this team"
-            )
+            return RouteError(403, "permission", f"no model adequate for route {route_name} is allowed for this team")
         why = "; ".join(
-            f"{c.name}: " + ", ".join(f"{k} {v}" for k, v in c.verdicts.items() if v != VERDICT_OK)
-            for c in rejected
+            f"{c.name}: " + ", ".join(f"{k} {v}" for k, v in c.verdicts.items() if v != VERDICT_OK) for c in rejected
         )
         return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}")
 
@@ -541,52 +563,43 @@ class Router:
         model = self.catalog.models[name]
         caps = model.capabilities
         output_budget = req.max_tokens or policy.default_max_tokens or model.default_max_tokens
-        verdicts: dict[str, str] = {}
+        failures: dict[str, str] = {}
         needed = shape.input_tokens + output_budget
-        verdicts["context"] = (
-            VERDICT_OK
-            if needed <= model.context_window
-            else f"needs ~{needed} tokens (input ~{shape.input_tokens} + output {output_budget}), "
-            f"window is {model.context_window}"
-        )
-        verdicts["max_output"] = (
-            VERDICT_OK
-            if req.max_tokens is None or req.max_tokens <= model.max_output_tokens
-            else f"max_tokens {req.max_tokens} exceeds the model's maximum output {model.max_output_tokens}"
-        )
-        verdicts["tools"] = VERDICT_OK if not shape.uses_tools or caps.tools else "no tool support"
-        verdicts["vision"] = VERDICT_OK if not shape.uses_vision or caps.vision else "no image input"
-        verdicts["documents"] = (
-            VERDICT_OK if not shape.uses_documents or caps.documents else "no document input"
-        )
-        verdicts["structured_output"] = (
-            VERDICT_OK if not shape.structured or caps.structured_output else "no structured output"
-        )
-        verdicts["team_allowed"] = (
-            VERDICT_OK
-            if allowed_models is None or name in allowed_models
-            else "not in the team's allowed models"
-        )
-        tier = TIER_ORDER[model.tier]
-        if min_tier is not None and tier < TIER_ORDER[min_tier]:
-            verdicts["tier"] = f"{model.tier} is below the minimum {min_tier}"
-        elif min_tier is not None and policy.max_tier and tier > TIER_ORDER[policy.max_tier]:
-            verdicts["tier"] = f"{model.tier} is above the team's maximum {policy.max_tier}"
-        else:
-            verdicts["tier"] = VERDICT_OK
-        verdicts["healthy"] = (
-            VERDICT_OK if self.health.is_available(name) else "every deployment is cooling down"
-        )
+        if needed > model.context_window:
+            failures["context"] = (
+                f"needs ~{needed} tokens (input ~{shape.input_tokens} + output {output_budget}), "
+                f"window is {model.context_window}"
+            )
+        if req.max_tokens is not None and req.max_tokens > model.max_output_tokens:
+            failures["max_output"] = (
+                f"max_tokens {req.max_tokens} exceeds the model's maximum output {model.max_output_tokens}"
+            )
+        if shape.uses_tools and not caps.tools:
+            failures["tools"] = "no tool support"
+        if shape.uses_vision and not caps.vision:
+            failures["vision"] = "no image input"
+        if shape.uses_documents and not caps.documents:
+            failures["documents"] = "no document input"
+        if shape.structured and not caps.structured_output:
+            failures["structured_output"] = "no structured output"
+        if allowed_models is not None and name not in allowed_models:
+            failures["team_allowed"] = "not in the team's allowed models"
+        if min_tier is not None:
+            tier = TIER_ORDER[model.tier]
+            if tier < TIER_ORDER[min_tier]:
+                failures["tier"] = f"{model.tier} is below the minimum {min_tier}"
+            elif policy.max_tier and tier > TIER_ORDER[policy.max_tier]:
+                failures["tier"] = f"{model.tier} is above the team's maximum {policy.max_tier}"
+        if not self.health.is_available(name):
+            failures["healthy"] = "every deployment is cooling down"
 
         output = min(expected_output, output_budget)
         cached = self._cached_tokens(shape, model, policy)
-        cost = forecast_cost(self._rates[name], shape.input_tokens, output, cached)
         return Candidate(
             name=name,
             model=model,
-            expected_cost=cost,
-            verdicts=verdicts,
-            adequate=all(v == VERDICT_OK for v in verdicts.values()),
+            cost_units=forecast_units(self._rates[name], shape.input_tokens, output, cached),
+            failures=failures,
             expected_output_tokens=output,
             cached_tokens=cached,
         )
