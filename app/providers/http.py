@@ -23,19 +23,32 @@ import orjson
 from app.config import ProviderConfig
 from app.domain import StreamEvent
 from app.providers.base import UpstreamError
+from app.providers.transport import HttpPool, Response
 from app.wire.sse import SSEEvent, SSEParser
 
 SIMULATOR_HEADER_PREFIX = "x-sim-"
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+_HEADERS = {"accept": "*/*", "user-agent": "tollway"}
 
 
 class UpstreamClient:
-    """A provider's connection pool. The session is made on first use, inside the running loop."""
+    """A provider's connection pool: Tollway's lean HTTP/1.1 client (``app.providers.transport``),
+    or an aiohttp session when the provider is reached through an HTTP(S) proxy (made on first use,
+    inside the running loop)."""
 
     def __init__(self, cfg: ProviderConfig, base_url: str | None = None) -> None:
         self.cfg = cfg
         self._session: aiohttp.ClientSession | None = None
-        self.proxy = environment_proxy(base_url or cfg.base_url)
+        url = base_url or cfg.base_url
+        self.proxy = environment_proxy(url)
+        self.pool: HttpPool | None = None
+        if self.proxy is None:
+            self.pool = HttpPool(
+                url,
+                max_connections=cfg.max_connections,
+                connect_timeout_s=cfg.connect_timeout_s,
+                read_timeout_s=cfg.read_timeout_s,
+            )
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -58,6 +71,8 @@ class UpstreamClient:
         return self._session
 
     async def aclose(self) -> None:
+        if self.pool is not None:
+            await self.pool.aclose()
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
@@ -182,7 +197,7 @@ class SSEUpstreamStream:
 
     def __init__(
         self,
-        response: aiohttp.ClientResponse,
+        response: aiohttp.ClientResponse | Response,
         translator: Callable[[], EventTranslator],
         provider: str,
     ) -> None:
@@ -248,13 +263,20 @@ class UpstreamResponse:
 
 async def _post(
     client: UpstreamClient, url: str, body: dict[str, Any], headers: dict[str, str], provider: str
-) -> aiohttp.ClientResponse:
+) -> aiohttp.ClientResponse | Response:
     try:
-        response = await client.session.post(
-            url, data=orjson.dumps(body), headers=headers, allow_redirects=False, proxy=client.proxy
-        )
+        if client.pool is not None:
+            response: aiohttp.ClientResponse | Response = await client.pool.post(
+                url, orjson.dumps(body), {**_HEADERS, **headers}
+            )
+        else:
+            response = await client.session.post(
+                url, data=orjson.dumps(body), headers=headers, allow_redirects=False, proxy=client.proxy
+            )
     except _NETWORK_ERRORS as exc:
         raise connection_error(exc, provider) from exc
+    except ValueError as exc:  # a header value with a line break in it
+        raise UpstreamError(400, "invalid_request", f"a request header cannot be sent upstream: {exc}") from exc
     if response.status != 200:
         try:
             payload = await response.read()
