@@ -393,6 +393,8 @@ class HttpPool:
                 ),
                 self.connect_timeout_s,
             )
+        except TimeoutError:
+            raise  # a connect timeout is a timeout, not a refused connection (TimeoutError is an OSError)
         except OSError as exc:
             raise UpstreamConnectionError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         return connection
