@@ -25,17 +25,22 @@ MakeLimiter = Callable[..., BudgetLimiter]
 ZERO = Decimal(0)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-py"])
 async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimiter]:
-    """Builds limiters on one shared store of the parametrized kind (like replicas sharing Redis)."""
+    """Builds limiters on one shared store of the parametrized kind (like replicas sharing Redis).
+
+    ``redis`` goes through the lean pipelined connection (plain TCP); ``redis-py`` through redis-py's
+    pipelines, the path TLS and Unix-socket deployments take."""
     made: list[BudgetLimiter] = []
     client: aioredis.Redis | None = None
     memory = MemoryStore()
-    if request.param == "redis":
+    if request.param != "memory":
         client = connect_budget_redis(request.getfixturevalue("redis_url"))
 
     def make(clock: FakeClock, **options: object) -> BudgetLimiter:
         store = RedisStore(client) if client is not None else memory
+        if request.param == "redis-py":
+            store._caller.fast = None  # type: ignore[union-attr]
         options.setdefault("wait_ms", 0)
         options.setdefault("reservation_ttl_s", 900)
         limiter = BudgetLimiter(store, clock=clock, **options)  # type: ignore[arg-type]
