@@ -47,4 +47,5 @@ def _run_uvicorn(settings: Settings) -> None:
         timeout_graceful_shutdown=30,
         loop="auto",
         http="auto",
+        server_header=False,  # no "server: uvicorn" on every answer: nothing for a client to act on
     )
