@@ -31,10 +31,16 @@ class Server:
         self.handler = handler
         self.connections = 0
         self.server: asyncio.Server | None = None
+        self.handlers: set[asyncio.Task[None]] = set()
+        self.writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> Server:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
+            task = asyncio.current_task()
+            assert task is not None
+            self.handlers.add(task)
+            self.writers.append(writer)
             try:
                 await self.handler(reader, writer)
             except (asyncio.IncompleteReadError, ConnectionError):
@@ -48,6 +54,9 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        for writer in self.writers:  # handlers waiting on a read see the end and return
+            writer.close()
+        await asyncio.wait_for(asyncio.gather(*self.handlers, return_exceptions=True), 5)
 
     @property
     def url(self) -> str:
@@ -180,7 +189,7 @@ async def test_silence_after_the_headers_is_a_read_timeout() -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(5)
+        await reader.read()  # silent until the client gives up
 
     async with Server(stall) as server:
         pool = pool_for(server, read_timeout_s=0.2)
