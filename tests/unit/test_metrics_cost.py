@@ -1,77 +1,58 @@
-"""What recording costs per call: ``observe`` once per request, ``observe_inter_event`` once per
-stream event, ``span`` (tracing off) once per stage.
-
-Run with ``-s`` to see the numbers (docs/observability.md quotes them). The bounds are ~10x the
-measured cost on the 2-core reference machine: they catch an accidental slow path (a ``labels()``
-call or a lock per event, I/O), not noise.
-"""
+"""The per-request and per-write metric calls stay on their cheap path: after a label set's first
+use, no prometheus-client ``labels()`` call (which validates and locks) and no lock-free miss; a
+disabled tracer hands out one shared no-op. Their cost in microseconds is measured by
+``python -m bench.observability_cost``, not asserted here."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from decimal import Decimal
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
-from app.ledger.events import UsageEvent
 from app.observability.metrics import Metrics
 from app.observability.tracing import configure_tracing, span
+from bench.observability_cost import finished_request
 
 
-def per_call_us(fn: Callable[[], object], n: int) -> float:
-    """Best of five runs of ``n`` calls, in microseconds per call (best: least disturbed by the OS)."""
-    for _ in range(min(n, 1000)):
-        fn()
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - started) / n)
-    return best * 1e6
+@pytest.fixture
+def labels_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    calls: list[Any] = []
+    original = MetricWrapperBase.labels
+
+    def counting(self: MetricWrapperBase, *args: Any, **kwargs: Any) -> Any:
+        calls.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MetricWrapperBase, "labels", counting)
+    yield calls
 
 
-def finished_request() -> UsageEvent:
-    return UsageEvent(
-        request_id="req",
-        team_id="team",
-        key_id="key",
-        client_format="anthropic",
-        requested_model="auto",
-        served_model="claude-haiku-4-5",
-        input_tokens=1200,
-        output_tokens=300,
-        cache_write_5m_tokens=100,
-        cache_read_tokens=4000,
-        cost_usd=Decimal("0.0031"),
-        uncached_cost_usd=Decimal("0.0102"),
-        latency_ms=812.0,
-        ttft_ms=200.0,
-        streamed=True,
-    )
-
-
-def test_observe_and_inter_event_are_cheap() -> None:
+def test_hot_path_metric_calls_resolve_labels_once(labels_calls: list[Any]) -> None:
     metrics = Metrics(registry=CollectorRegistry())
     event = finished_request()
 
-    observe_us = per_call_us(
-        lambda: metrics.observe(event, team_name="search", route="auto", upstream_s=0.7, ttft_s=0.2), 5_000
-    )
-    inter_event_us = per_call_us(lambda: metrics.observe_inter_event(0.004, "anthropic"), 20_000)
-    in_flight_us = per_call_us(
-        lambda: (metrics.request_started("anthropic"), metrics.request_finished("anthropic")), 20_000
-    )
-    print(f"\nobserve {observe_us:.1f} µs, observe_inter_event {inter_event_us:.2f} µs,", end=" ")
-    print(f"request_started + request_finished {in_flight_us:.2f} µs")
-    assert observe_us < 250
-    assert inter_event_us < 25
-    assert in_flight_us < 25
+    def one_request() -> None:
+        metrics.request_started("anthropic")
+        for _ in range(5):
+            metrics.observe_inter_event(0.004, "anthropic")
+        metrics.observe(event, team_name="search", route="auto", upstream_s=0.7, ttft_s=0.2)
+        metrics.request_finished("anthropic")
+
+    one_request()
+    first = len(labels_calls)
+    assert first > 0  # the first request resolves its label sets
+    for _ in range(100):
+        one_request()
+    assert len(labels_calls) == first  # later ones reuse them
 
 
-def test_disabled_tracing_costs_well_under_a_microsecond() -> None:
+def test_disabled_tracing_hands_out_one_shared_no_op() -> None:
     configure_tracing(enabled=False)
-    span_us = per_call_us(lambda: span("pipeline.route", model="claude-haiku-4-5"), 50_000)
-    print(f"\nspan (tracing off) {span_us:.3f} µs")
-    assert span_us < 2
+    first = span("pipeline.route", model="claude-haiku-4-5")
+    second = span("pipeline.admit")
+    assert first is second
+    with first:
+        pass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 import pytest
@@ -192,12 +191,9 @@ def test_the_first_message_is_context_weighed_as_material() -> None:
 
 def test_reading_is_bounded_on_huge_inputs() -> None:
     huge = req("Summarize this log.\n\n" + "GET /api/orders 200 12ms\n" * 200_000)  # ~5 MB
-    start = time.perf_counter()
     result = classify(huge)
-    elapsed = time.perf_counter() - start
     assert result.task == "summarization"
-    assert result.features["scanned_chars"] < 4000
-    assert elapsed < 0.05  # a full scan of 5 MB would take far longer
+    assert result.features["scanned_chars"] < 4000  # windows of the text, not all 5 MB
 
 
 # ---- the system prompt: role, standing text, persona ------------------------------------------------
