@@ -549,7 +549,11 @@ def chart(results: dict[str, Any], path: Path) -> bool:
 
     ax = axes[0][1]
     below = _cells(results, kind="below-saturation")
-    labels = [f"{c['config']} {c.get('load_share', 0.5):.0%}\n{c['format']} {c['mode']}" for c in below]
+    labels = [
+        f"{'on' if c['config'] == 'everything-on' else 'bare'} {c.get('load_share', 0.5):.0%}\n"
+        f"{'ant' if c['format'] == 'anthropic' else 'oai'} {c['mode']}"
+        for c in below
+    ]
     xs = list(range(len(below)))
     for offset, pct, color in ((-0.27, "p50", "#2ca02c"), (0, "p90", "#ff7f0e"), (0.27, "p99", "#9467bd")):
         ax.bar(
@@ -561,7 +565,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         )
     ax.axhline(1.0, color="#2ca02c", linestyle=":", linewidth=1)
     ax.axhline(5.0, color="#9467bd", linestyle=":", linewidth=1)
-    ax.set_xticks(xs, labels, fontsize=6)
+    ax.set_xticks(xs, labels, fontsize=6, rotation=90)
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_title("Added latency, concurrency 32 below saturation (targets dotted; log scale)")
     ax.set_ylabel("ms")
