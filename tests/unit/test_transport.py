@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +248,50 @@ async def test_closing_an_unfinished_stream_closes_its_connection() -> None:
         await asyncio.wait_for(saw_eof.wait(), 1)
         assert pool.open == 0
         await pool.aclose()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (made with the openssl command line)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
+    command += ["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_upstreams_are_verified_and_kept_alive(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    server = await asyncio.start_server(echo_forever, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    url = f"https://127.0.0.1:{port}/v1/messages"
+    try:
+        trusting = HttpPool(
+            url,
+            max_connections=2,
+            connect_timeout_s=2.0,
+            read_timeout_s=2.0,
+            ssl_context=ssl.create_default_context(cafile=str(cert)),
+        )
+        for n in range(2):
+            response = await trusting.post(url, b"%d" % n, {})
+            assert (await response.read()).endswith(b"|%d" % n)
+            response.release()
+        assert trusting.open == 1  # one TLS connection, reused
+        await trusting.aclose()
+
+        # The system's trust store does not know this certificate: refused, not silently accepted.
+        default = HttpPool(url, max_connections=2, connect_timeout_s=2.0, read_timeout_s=2.0)
+        with pytest.raises(UpstreamConnectionError, match="certificate"):
+            await default.post(url, b"{}", {})
+        await default.aclose()
+    finally:
+        server.close()
