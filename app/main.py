@@ -17,12 +17,13 @@ from starlette.responses import Response
 
 from app import __version__
 from app.api import chat, health, models, routing
-from app.api.errors import GatewayError, error_response
+from app.api.errors import error_response
 from app.api.hot_path import TollwayApp
 from app.api.request_id import RequestIdMiddleware
 from app.config import Catalog, Settings, load_catalog, load_settings
 from app.context import new_request_id
 from app.domain import ClientFormat
+from app.errors import GatewayError
 from app.observability.logging import configure_logging
 from app.pipeline import Pipeline
 from app.services import build_services

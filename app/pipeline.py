@@ -22,13 +22,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app.api.errors import (
-    GatewayError,
-    error_response,
-    invalid,
-    kind_from_anthropic_type,
-    sse_error_event,
-)
+from app.api.errors import error_response
 from app.api.event_stream import EventStreamResponse
 from app.auth.keystore import KeyStoreUnavailable
 from app.auth.principal import Principal
@@ -39,6 +33,7 @@ from app.caching.response_cache import cache_key, decide, decode_response, encod
 from app.config import ModelConfig
 from app.context import RequestContext, new_request_id
 from app.domain import ChatRequest, ChatResponse, ClientFormat, Usage
+from app.errors import GatewayError, invalid
 from app.ledger.events import UsageEvent
 from app.observability.logging import log_request
 from app.observability.tracing import span
@@ -48,8 +43,9 @@ from app.routing.router import Candidate, RouteError
 from app.services import Services
 from app.tokens import estimate_tokens
 from app.wire import anthropic as anthropic_wire
-from app.wire import openai as openai_wire
 from app.wire.accumulate import StreamTracker
+from app.wire.errors import kind_from_anthropic_type, sse_error_event
+from app.wire.openai import client as openai_wire
 
 log = logging.getLogger("tollway.pipeline")
 

@@ -10,8 +10,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.errors import GatewayError, error_response
+from app.api.errors import error_response
 from app.context import new_request_id
+from app.errors import GatewayError
 from app.pipeline import Pipeline, parse_chat, read_json_body
 from app.tokens import estimate_tokens
 

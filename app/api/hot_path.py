@@ -16,8 +16,9 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import GatewayError, error_response
+from app.api.errors import error_response
 from app.domain import ClientFormat
+from app.errors import GatewayError
 
 log = logging.getLogger("tollway")
 

@@ -12,9 +12,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.errors import GatewayError, error_response
+from app.api.errors import error_response
 from app.auth.principal import Principal
 from app.domain import ClientFormat
+from app.errors import GatewayError
 from app.pipeline import Pipeline
 
 CREATED_AT = "2026-01-01T00:00:00Z"

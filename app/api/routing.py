@@ -6,8 +6,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.errors import GatewayError, error_response
+from app.api.errors import error_response
 from app.domain import ClientFormat
+from app.errors import GatewayError
 from app.pipeline import Pipeline, parse_chat, read_json_body
 from app.routing.router import RouteError
 

@@ -6,9 +6,9 @@ from collections.abc import Callable, Mapping
 
 import orjson
 
-from app.api.errors import GatewayError
 from app.config import ProviderConfig
 from app.domain import ChatRequest, ChatResponse, StreamEvent
+from app.errors import GatewayError
 from app.providers.base import UpstreamError
 from app.providers.http import EventTranslator, SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
 from app.wire import anthropic as wire

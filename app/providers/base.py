@@ -18,7 +18,7 @@ class UpstreamError(Exception):
     """
 
     status: int | None
-    kind: str  # an app.api.errors.ErrorKind
+    kind: str  # an app.errors.ErrorKind
     message: str
     retry_after_s: float | None = None
 

@@ -21,10 +21,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from app.api.errors import GatewayError, invalid
 from app.config import Catalog, ModelConfig, Settings
 from app.context import Attempt, RequestContext
 from app.domain import ChatRequest, ChatResponse
+from app.errors import GatewayError, invalid
 from app.ledger.pricing import cost_of
 from app.observability.metrics import Metrics
 from app.observability.tracing import span

@@ -10,7 +10,7 @@ from app.config import ProviderConfig
 from app.domain import ChatRequest, ChatResponse, StreamEvent
 from app.providers.base import UpstreamError
 from app.providers.http import EventTranslator, SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
-from app.wire import openai as wire
+from app.wire.openai import provider as wire
 from app.wire.sse import SSEEvent
 
 

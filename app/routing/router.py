@@ -24,7 +24,7 @@ For a **concrete model** (or alias) the plan holds that one model. Its constrain
 context, output and capability failures are 400s, a team that may not use it gets 403, a model whose
 every deployment is cooling down gets 503 (fail fast, with ``retry_after_s``).
 
-Errors carry ``status`` and a ``kind`` from ``app.api.errors.ErrorKind``.
+Errors carry ``status`` and a ``kind`` from ``app.errors.ErrorKind``.
 """
 
 from __future__ import annotations

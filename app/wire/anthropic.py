@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from app.api.errors import GatewayError, invalid
 from app.domain import Block, ChatRequest, ChatResponse, Message, ResponseFormat, StreamEvent, Tool, Usage
+from app.errors import GatewayError, invalid
 
 # Fields of the request body Tollway interprets; everything else is passed through in `extra`.
 _KNOWN_FIELDS = frozenset(

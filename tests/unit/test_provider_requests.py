@@ -24,7 +24,7 @@ from app.providers.http import SSEUpstreamStream
 from app.providers.openai_compat import OpenAICompatProvider
 from app.providers.openai_compat import _Translator as OpenAITranslator
 from app.wire import anthropic as anthropic_wire
-from app.wire import openai as openai_wire
+from app.wire.openai import client as openai_wire
 from tests.upstream_server import (
     Framing,
     ReceivedRequest,

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from app.api.errors import GatewayError
 from app.domain import ChatResponse, StreamEvent, Usage
+from app.errors import GatewayError
 from app.wire import anthropic as wire
 from app.wire.accumulate import StreamTracker
 
@@ -166,7 +166,7 @@ def test_body_must_be_an_object() -> None:
 
 
 def test_openai_extras_never_reach_an_anthropic_upstream() -> None:
-    from app.wire import openai as oai
+    from app.wire.openai import client as oai
 
     req = oai.parse_request(
         {
@@ -187,7 +187,7 @@ def test_openai_extras_never_reach_an_anthropic_upstream() -> None:
 
 
 def test_metadata_keeps_only_user_id_for_anthropic() -> None:
-    from app.wire import openai as oai
+    from app.wire.openai import client as oai
 
     req = oai.parse_request(
         {
@@ -347,7 +347,7 @@ def test_response_to_events_rebuilds_the_same_answer() -> None:
 
 
 def test_openai_temperature_above_anthropics_range_is_clamped() -> None:
-    from app.wire import openai as oai
+    from app.wire.openai import client as oai
 
     hot = oai.parse_request(
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1.7}

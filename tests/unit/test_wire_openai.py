@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 import pytest
 
-from app.api.errors import GatewayError
 from app.domain import ChatResponse, StreamEvent, Usage
+from app.errors import GatewayError
 from app.wire import anthropic as anthropic_wire
-from app.wire import openai as wire
 from app.wire.accumulate import StreamTracker
+from app.wire.openai import client, provider
 
 WEATHER_FN = {
     "name": "get_weather",
@@ -74,7 +74,7 @@ def openai_conversation() -> dict[str, Any]:
 
 
 def test_openai_request_to_anthropic_body() -> None:
-    req = wire.parse_request(openai_conversation())
+    req = client.parse_request(openai_conversation())
     assert req.client_format == "openai" and req.stream and req.include_usage and req.seed == 11
     body = anthropic_wire.build_request(req, "claude-sonnet-5-5", stream=True)
     assert body == {
@@ -142,18 +142,18 @@ def test_tool_choice_mapping() -> None:
         "required": {"type": "any"},
     }
     for choice, canonical in cases.items():
-        assert wire.parse_request({**base, "tool_choice": choice}).tool_choice == canonical
+        assert client.parse_request({**base, "tool_choice": choice}).tool_choice == canonical
     named = {"type": "function", "function": {"name": "get_weather"}}
-    assert wire.parse_request({**base, "tool_choice": named}).tool_choice == {
+    assert client.parse_request({**base, "tool_choice": named}).tool_choice == {
         "type": "tool",
         "name": "get_weather",
     }
-    assert wire.parse_request(base).tool_choice is None
+    assert client.parse_request(base).tool_choice is None
 
 
 def test_json_schema_response_format() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-    req = wire.parse_request(
+    req = client.parse_request(
         {
             "model": "m",
             "messages": [{"role": "user", "content": "x"}],
@@ -167,14 +167,14 @@ def test_json_schema_response_format() -> None:
     assert anthropic_wire.build_request(req, "m", stream=False)["output_config"] == {
         "format": {"type": "json_schema", "schema": schema}
     }
-    assert wire.build_request(req, "gpt", stream=False)["response_format"] == {
+    assert provider.build_request(req, "gpt", stream=False)["response_format"] == {
         "type": "json_schema",
         "json_schema": {"name": "count", "schema": schema, "strict": True},
     }
 
 
 def test_file_part_becomes_a_document() -> None:
-    req = wire.parse_request(
+    req = client.parse_request(
         {
             "model": "m",
             "messages": [
@@ -201,21 +201,21 @@ def test_file_part_becomes_a_document() -> None:
 
 def test_max_tokens_fields() -> None:
     msgs = [{"role": "user", "content": "x"}]
-    assert wire.parse_request({"model": "m", "messages": msgs, "max_tokens": 7}).max_tokens == 7
-    assert wire.parse_request({"model": "m", "messages": msgs, "max_completion_tokens": 9}).max_tokens == 9
+    assert client.parse_request({"model": "m", "messages": msgs, "max_tokens": 7}).max_tokens == 7
+    assert client.parse_request({"model": "m", "messages": msgs, "max_completion_tokens": 9}).max_tokens == 9
     both = {"model": "m", "messages": msgs, "max_tokens": 7, "max_completion_tokens": 9}
-    assert wire.parse_request(both).max_tokens == 9
+    assert client.parse_request(both).max_tokens == 9
     assert (
-        wire.parse_request(
+        client.parse_request(
             {"model": "m", "messages": msgs, "max_completion_tokens": None, "max_tokens": 7}
         ).max_tokens
         == 7
     )
-    assert wire.parse_request({"model": "m", "messages": msgs}).max_tokens is None
+    assert client.parse_request({"model": "m", "messages": msgs}).max_tokens is None
 
 
 def test_stop_as_string() -> None:
-    req = wire.parse_request({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": "END"})
+    req = client.parse_request({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": "END"})
     assert req.stop_sequences == ["END"]
 
 
@@ -243,7 +243,7 @@ def test_stop_as_string() -> None:
 def test_schema_violations_are_400_naming_the_field(changes: dict[str, Any], field: str) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], **changes}
     with pytest.raises(GatewayError) as info:
-        wire.parse_request(body)
+        client.parse_request(body)
     assert info.value.status == 400 and info.value.kind == "invalid_request"
     assert info.value.param == field
 
@@ -305,7 +305,7 @@ def test_anthropic_request_to_openai_body() -> None:
         anthropic_version="2023-06-01",
         anthropic_beta=None,
     )
-    body = wire.build_request(req, "gpt-5-mini", stream=True)
+    body = provider.build_request(req, "gpt-5-mini", stream=True)
     assert body == {
         "model": "gpt-5-mini",
         "messages": [
@@ -353,10 +353,10 @@ def test_anthropic_request_to_openai_body() -> None:
 
 
 def test_legacy_max_tokens_field_for_older_servers() -> None:
-    req = wire.parse_request(
+    req = client.parse_request(
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 5}
     )
-    assert wire.build_request(req, "m", stream=False, max_tokens_field="max_tokens")["max_tokens"] == 5
+    assert provider.build_request(req, "m", stream=False, max_tokens_field="max_tokens")["max_tokens"] == 5
 
 
 def test_openai_same_format_passes_unknown_fields_and_user() -> None:
@@ -369,17 +369,17 @@ def test_openai_same_format_passes_unknown_fields_and_user() -> None:
         "user": "u9",
         "seed": 3,
     }
-    out = wire.build_request(wire.parse_request(body), "gpt-5-mini", stream=False)
+    out = provider.build_request(client.parse_request(body), "gpt-5-mini", stream=False)
     assert out["reasoning_effort"] == "low" and out["logit_bias"] == {"42": 1}
     assert out["metadata"] == {"trace": "t"} and out["user"] == "u9" and out["seed"] == 3
 
 
 def test_parallel_tool_calls_without_tools_sends_no_tool_choice() -> None:
     # OpenAI rejects tool_choice when no tools are given.
-    req = wire.parse_request(
+    req = client.parse_request(
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "parallel_tool_calls": False}
     )
-    out = wire.build_request(req, "m", stream=False)
+    out = provider.build_request(req, "m", stream=False)
     assert "tool_choice" not in out and "parallel_tool_calls" not in out
 
 
@@ -394,7 +394,7 @@ def test_usage_anthropic_to_openai() -> None:
         cache_write_1h_tokens=200,
         cache_read_tokens=3000,
     )
-    assert wire.usage_json(usage) == {
+    assert client.usage_json(usage) == {
         "prompt_tokens": 3712,
         "completion_tokens": 30,
         "total_tokens": 3742,
@@ -404,7 +404,7 @@ def test_usage_anthropic_to_openai() -> None:
 
 
 def test_usage_openai_to_anthropic() -> None:
-    usage = wire.parse_usage(
+    usage = provider.parse_usage(
         {
             "prompt_tokens": 2000,
             "completion_tokens": 40,
@@ -419,7 +419,7 @@ def test_usage_openai_to_anthropic() -> None:
     assert data["input_tokens"] == 364 and data["cache_read_input_tokens"] == 1536
     assert data["cache_creation_input_tokens"] == 100
     # and back: the prompt total survives the round trip
-    assert wire.usage_json(usage)["prompt_tokens"] == 2000
+    assert client.usage_json(usage)["prompt_tokens"] == 2000
 
 
 # ---- responses ------------------------------------------------------------------------------------------
@@ -439,7 +439,7 @@ def test_usage_openai_to_anthropic() -> None:
 )
 def test_stop_reason_to_finish_reason(stop: str, finish: str) -> None:
     resp = ChatResponse(id="msg_1", model="m", content=[], stop_reason=stop, usage=Usage())
-    assert wire.response_json(resp)["choices"][0]["finish_reason"] == finish
+    assert client.response_json(resp)["choices"][0]["finish_reason"] == finish
 
 
 @pytest.mark.parametrize(
@@ -457,7 +457,7 @@ def test_finish_reason_to_stop_reason(finish: str, stop: str) -> None:
         "model": "m",
         "choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": finish}],
     }
-    assert wire.parse_response(data).stop_reason == stop
+    assert provider.parse_response(data).stop_reason == stop
 
 
 def test_anthropic_answer_as_openai_completion() -> None:
@@ -472,7 +472,7 @@ def test_anthropic_answer_as_openai_completion() -> None:
         usage=Usage(input_tokens=10, output_tokens=5, cache_read_tokens=90),
         created=1_700_000_000,
     )
-    assert wire.response_json(resp) == {
+    assert client.response_json(resp) == {
         "id": "chatcmpl-msg_01",
         "object": "chat.completion",
         "created": 1_700_000_000,
@@ -496,12 +496,12 @@ def test_anthropic_answer_as_openai_completion() -> None:
                 "logprobs": None,
             }
         ],
-        "usage": wire.usage_json(resp.usage),
+        "usage": client.usage_json(resp.usage),
     }
 
 
 def test_openai_completion_as_canonical() -> None:
-    resp = wire.parse_response(
+    resp = provider.parse_response(
         {
             "id": "chatcmpl-1",
             "created": 123,
@@ -610,7 +610,7 @@ def anthropic_tool_stream() -> list[StreamEvent]:
 
 @pytest.mark.parametrize("include_usage", [True, False])
 def test_chunk_encoder_tool_stream(include_usage: bool) -> None:
-    encoder = wire.ChunkEncoder(include_usage=include_usage, model="claude-haiku-5-5")
+    encoder = client.ChunkEncoder(include_usage=include_usage, model="claude-haiku-5-5")
     chunks = _decode_chunks(b"".join(encoder.encode(e) for e in anthropic_tool_stream()))
     assert chunks[-1] == "[DONE]"
     assert "comment" in chunks  # ping → SSE comment, which the openai SDK ignores
@@ -648,7 +648,7 @@ def test_chunk_encoder_tool_stream(include_usage: bool) -> None:
 
 
 def test_chunk_encoder_second_tool_call_gets_next_index() -> None:
-    encoder = wire.ChunkEncoder(include_usage=False, model="m")
+    encoder = client.ChunkEncoder(include_usage=False, model="m")
     events = [
         StreamEvent("message_start", {"type": "message_start", "message": {"id": "msg_1"}}),
         StreamEvent(
@@ -726,7 +726,7 @@ def openai_chunks() -> list[dict[str, Any]]:
 
 
 def decode_all(chunks: list[dict[str, Any]]) -> list[StreamEvent]:
-    decoder = wire.ChunkDecoder("gpt-5-mini")
+    decoder = provider.ChunkDecoder("gpt-5-mini")
     events: list[StreamEvent] = []
     for c in chunks:
         events += decoder.feed(c)
@@ -784,7 +784,7 @@ def test_chunk_decoder_output_accumulates_to_the_answer() -> None:
 
 
 def test_decoder_then_encoder_rebuilds_the_openai_stream() -> None:
-    encoder = wire.ChunkEncoder(include_usage=True, model="gpt-5-mini")
+    encoder = client.ChunkEncoder(include_usage=True, model="gpt-5-mini")
     out = _decode_chunks(b"".join(encoder.encode(e) for e in decode_all(openai_chunks())))
     data = [c for c in out if isinstance(c, dict)]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in data if c["choices"])
@@ -808,13 +808,13 @@ def test_decoder_then_encoder_rebuilds_the_openai_stream() -> None:
 
 
 def test_chunk_decoder_on_an_empty_stream_still_starts_and_stops() -> None:
-    decoder = wire.ChunkDecoder("m")
+    decoder = provider.ChunkDecoder("m")
     names = [e.type for e in decoder.finish_events()]
     assert names == ["message_start", "message_delta", "message_stop"]
 
 
 def test_empty_system_and_assistant_turns_send_no_empty_text_blocks() -> None:
-    req = wire.parse_request(
+    req = client.parse_request(
         {
             "model": "m",
             "messages": [

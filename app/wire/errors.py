@@ -1,0 +1,69 @@
+"""A ``GatewayError`` in each client's wire format: the JSON error body and the in-stream SSE error event."""
+
+from __future__ import annotations
+
+import orjson
+
+from app.domain import ClientFormat
+from app.errors import ErrorKind, GatewayError
+
+_ANTHROPIC_TYPES: dict[str, str] = {
+    "invalid_request": "invalid_request_error",
+    "authentication": "authentication_error",
+    "permission": "permission_error",
+    "not_found": "not_found_error",
+    "request_too_large": "request_too_large",
+    "rate_limit": "rate_limit_error",
+    "api_error": "api_error",
+    "overloaded": "overloaded_error",
+    "timeout": "timeout_error",
+    "unavailable": "api_error",
+}
+
+_OPENAI_TYPES: dict[str, tuple[str, str | None]] = {
+    "invalid_request": ("invalid_request_error", None),
+    "authentication": ("invalid_request_error", "invalid_api_key"),
+    "permission": ("invalid_request_error", "permission_denied"),
+    "not_found": ("invalid_request_error", "model_not_found"),
+    "request_too_large": ("invalid_request_error", "request_too_large"),
+    "rate_limit": ("rate_limit_exceeded", "rate_limit_exceeded"),
+    "api_error": ("server_error", None),
+    "overloaded": ("server_error", "overloaded"),
+    "timeout": ("server_error", "timeout"),
+    "unavailable": ("server_error", "service_unavailable"),
+}
+
+def error_body(err: GatewayError, fmt: ClientFormat, request_id: str | None = None) -> dict[str, object]:
+    if fmt == "anthropic":
+        body: dict[str, object] = {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPES[err.kind], "message": err.message},
+        }
+        if request_id:
+            body["request_id"] = request_id
+        return body
+    otype, default_code = _OPENAI_TYPES[err.kind]
+    return {
+        "error": {
+            "message": err.message,
+            "type": otype,
+            "param": err.param,
+            "code": err.code or default_code,
+        }
+    }
+
+
+def sse_error_event(err: GatewayError, fmt: ClientFormat) -> bytes:
+    """An error after a stream started: the client format's in-stream error, not a silent cut."""
+    if fmt == "anthropic":
+        data = orjson.dumps(error_body(err, "anthropic"))
+        return b"event: error\ndata: " + data + b"\n\n"
+    return b"data: " + orjson.dumps(error_body(err, "openai")) + b"\n\n"
+
+
+def kind_from_anthropic_type(error_type: str | None) -> ErrorKind:
+    """The kind of an Anthropic ``error.type`` (an upstream's in-stream error event)."""
+    for kind, name in _ANTHROPIC_TYPES.items():
+        if name == error_type:
+            return kind  # type: ignore[return-value]
+    return "api_error"
