@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ClientFormat = Literal["anthropic", "openai"]
+ClientFormat = Literal["anthropic", "openai", "responses"]
 Role = Literal["user", "assistant", "system"]
 
 # A content block, Anthropic-shaped: {"type": "text", "text": "...", "cache_control": {...}} etc.

@@ -67,3 +67,7 @@ def kind_from_anthropic_type(error_type: str | None) -> ErrorKind:
         if name == error_type:
             return kind  # type: ignore[return-value]
     return "api_error"
+
+
+def encode_error(err: GatewayError, fmt: ClientFormat, request_id: str | None = None) -> bytes:
+    return orjson.dumps(error_body(err, fmt, request_id))
