@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml requirements/dev.lock
 	@touch $(STAMP)
 
 run: install
+	TOLLWAY_SIMULATOR=$${TOLLWAY_SIMULATOR:-on} \
 	TOLLWAY_DEV_KEY=$${TOLLWAY_DEV_KEY:-tollway-dev-key} \
 	TOLLWAY_ADMIN_KEY=$${TOLLWAY_ADMIN_KEY:-tollway-admin-key} \
 	TOLLWAY_SIM_TTFT_MS=$${TOLLWAY_SIM_TTFT_MS:-150} \
@@ -34,6 +35,7 @@ test: install
 lint: install
 	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m bench.run

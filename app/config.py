@@ -140,6 +140,7 @@ class RouteConfig(_Strict):
     min_tier: Tier | None = None
     task: TaskClass | None = None  # a fixed task class (routes like auto:extraction)
     prompt_cache: Literal["off", "auto"] | None = None  # None: the team's policy decides
+    deadline_s: float | None = Field(default=None, gt=0)  # None: TOLLWAY_REQUEST_DEADLINE_S
 
 
 class TeamSeed(_Strict):
@@ -217,10 +218,17 @@ class Settings(BaseSettings):
     admin_key: str | None = None
     # A fixed team key for local use: `make run` sets it so the README's examples work as pasted.
     dev_key: str | None = None
-    # "auto": serve the built-in simulator for every provider whose credential is missing.
-    simulator: Literal["auto", "always", "never"] = "auto"
+    # Opt-in only. "off": a provider without a credential stops start-up. "on": providers without a
+    # credential are served by the built-in simulator (development, tests). "always": every provider is.
+    simulator: Literal["off", "on", "always"] = "off"
     simulator_url: str | None = None  # an external simulator; default: the one mounted in-process
     max_body_bytes: int = 32 * 1024 * 1024
+    # The longest one request may take end to end (a route's deadline_s overrides it).
+    request_deadline_s: float = 600.0
+    # Close a client connection that has not sent a complete request head within this time.
+    header_timeout_s: float = 10.0
+    # How long shutdown waits for in-flight streams before ending them with an error event.
+    shutdown_grace_s: float = 10.0
     key_cache_ttl_s: float = 2.0
     # Budgets
     budget_mode: Literal["strict", "estimate"] = "strict"

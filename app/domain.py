@@ -78,12 +78,6 @@ class ChatRequest:
     anthropic_version: str | None = None
     anthropic_beta: str | None = None
 
-    def text_bytes(self) -> int:
-        """UTF-8 size of everything the model reads: an upper bound on its token count."""
-        from app.tokens import request_bytes
-
-        return request_bytes(self)
-
 
 StopReason = str  # Anthropic vocabulary: end_turn, max_tokens, stop_sequence, tool_use, refusal, ...
 
@@ -142,14 +136,3 @@ class StreamEvent:
     type: str
     data: dict[str, Any]
     raw: bytes | None = None
-
-
-@dataclass(slots=True)
-class StreamResult:
-    """What the pipeline learned from a stream once it ended (for settlement and the ledger)."""
-
-    usage: Usage = field(default_factory=Usage)
-    stop_reason: StopReason | None = None
-    served_model: str | None = None
-    first_token_at: float | None = None
-    text: list[str] = field(default_factory=list)

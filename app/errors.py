@@ -60,3 +60,15 @@ class GatewayError(Exception):
 
 def invalid(message: str, param: str | None = None) -> GatewayError:
     return GatewayError("invalid_request", message, param=param)
+
+
+MAX_RETRY_AFTER_S = 86_400
+
+
+def retry_after_value(seconds: float) -> str:
+    """A ``retry-after`` header value: whole seconds, at least 1, at most a day (never inf or nan)."""
+    if seconds != seconds or seconds <= 0:  # nan, zero or negative
+        return "1"
+    if seconds >= MAX_RETRY_AFTER_S:  # also inf, which int() refuses
+        return str(MAX_RETRY_AFTER_S)
+    return str(max(1, int(seconds + 0.999)))

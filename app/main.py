@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -18,15 +19,14 @@ from starlette.responses import Response
 from app import __version__
 from app.api import chat, health, models, routing
 from app.api.errors import error_response
-from app.api.hot_path import TollwayApp
 from app.api.request_id import RequestIdMiddleware
 from app.config import Catalog, Settings, load_catalog, load_settings
 from app.context import new_request_id
 from app.domain import ClientFormat
 from app.errors import GatewayError
+from app.lifecycle import drain_on_sigterm
 from app.observability.logging import configure_logging
-from app.pipeline import Pipeline
-from app.services import build_services
+from app.services import build_pipeline, build_services
 
 log = logging.getLogger("tollway")
 
@@ -40,8 +40,10 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings, catalog)
         app.state.services = services
-        app.state.pipeline = Pipeline(services)
-        app.state.draining = False
+        app.state.pipeline = build_pipeline(services)
+        app.state.lifecycle = services.lifecycle
+        if threading.current_thread() is threading.main_thread():
+            drain_on_sigterm(services.lifecycle, settings.shutdown_grace_s)
         if settings.metrics_port and not services.metrics.multiprocess_dir:
             from app.api.metrics import start_metrics_server
 
@@ -57,10 +59,10 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         try:
             yield
         finally:
-            app.state.draining = True
+            await services.lifecycle.drain_streams(settings.shutdown_grace_s)
             await services.aclose()
 
-    app = TollwayApp(
+    app = FastAPI(
         title="Tollway",
         version=__version__,
         lifespan=lifespan,
@@ -111,7 +113,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             413: "request_too_large",
         }.get(exc.status_code, "invalid_request")
         message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
-        return error_response(GatewayError(kind, message, status=exc.status_code), fmt)  # type: ignore[arg-type]
+        code = "not_found" if exc.status_code == 404 else None
+        return error_response(GatewayError(kind, message, status=exc.status_code, code=code), fmt)  # type: ignore[arg-type]
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -136,4 +139,4 @@ def _min_cache_tokens(catalog: Catalog) -> Callable[[str], int]:
 def _simulated(settings: Settings, catalog: Catalog, provider: str) -> bool:
     if settings.simulator == "always":
         return True
-    return settings.simulator == "auto" and catalog.providers[provider].credential() is None
+    return settings.simulator == "on" and catalog.providers[provider].credential() is None

@@ -1,477 +1,452 @@
 """One request's journey, top to bottom.
 
-    authenticate → parse → route → admit → prepare (caches) → call → respond → settle + record
+    authenticate → parse → route → admit → response cache → call → respond → settle + record
 
-Each stage is a method here calling one module (auth/, routing/, budgets/, caching/, providers/,
-ledger/); this file is the only place that knows their order. Nothing on the way to the client
-touches the database: settlement, the ledger, metrics and the log line happen after the response.
+Each stage is a method here calling one package (auth/, wire/, routing/, budgets/, caching/,
+providers/, ledger/); this file is the only place that knows their order, and no stage calls back
+into it. Each stage returns a typed result that is kept on the request's ``Trail``, so the closing
+stage (``bookkeeping``) can settle and record the request however it ended. The pipeline takes an
+``Inbound`` and returns an ``Outcome``: it knows no web framework; ``app/api`` renders the outcome.
+Nothing on the way to the client touches the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-import time
-from collections.abc import AsyncIterator, Coroutine
-from decimal import Decimal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-import anyio
 import orjson
-from starlette.background import BackgroundTask
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 
-from app.api.errors import error_response
-from app.api.event_stream import EventStreamResponse
-from app.auth.keystore import KeyStoreUnavailable
+from app.auth.keystore import KeyStore, KeyStoreUnavailable
 from app.auth.principal import Principal
+from app.bookkeeping import Bookkeeper, Ending
 from app.budgets.estimate import InvalidBudgetRequest, worst_case
-from app.budgets.limiter import BudgetBackendUnavailable, BudgetExceeded
+from app.budgets.limiter import Admission, BudgetBackendUnavailable, BudgetExceeded, Limiter
+from app.budgets.shares import BudgetShares
 from app.caching.prompt_cache import PROMPT_CACHE_HEADER, apply_breakpoints, prompt_cache_enabled
-from app.caching.response_cache import cache_key, decide, decode_response, encode_response
-from app.config import ModelConfig
-from app.context import RequestContext, new_request_id
-from app.domain import ChatRequest, ChatResponse, ClientFormat, Usage
-from app.errors import GatewayError, invalid
-from app.ledger.events import UsageEvent
-from app.observability.logging import log_request
+from app.caching.response_cache import CacheDecision, ResponseCache, cache_key, decide, decode_response
+from app.caching.response_cache import encode_response as encode_for_cache
+from app.config import Catalog, ModelConfig, Settings
+from app.context import Trail, new_request_id
+from app.domain import ChatRequest, ChatResponse
+from app.errors import GatewayError, invalid, retry_after_value
+from app.exchange import Inbound, Outcome
+from app.lifecycle import Lifecycle
+from app.observability.metrics import Metrics
 from app.observability.tracing import span
 from app.providers.base import UpstreamError, UpstreamStream
-from app.providers.dispatch import Dispatcher, record_usage, reject_sampling, without_sampling
-from app.routing.router import Candidate, RouteError
-from app.services import Services
-from app.tokens import estimate_tokens
-from app.wire import anthropic as anthropic_wire
-from app.wire.accumulate import StreamTracker
-from app.wire.errors import kind_from_anthropic_type, sse_error_event
-from app.wire.openai import client as openai_wire
+from app.providers.dispatch import (
+    Dispatcher,
+    reject_sampling,
+    upstream_failure,
+    without_sampling,
+    worth_another_model,
+)
+from app.relay import Relay
+from app.routing.router import Candidate, Plan, RouteError, Router
+from app.routing.verify import verify
+from app.wire.anthropic import response_to_events
+from app.wire.codec import ClientCodec, codec_for
 
 log = logging.getLogger("tollway.pipeline")
 
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
+JSON_HEADERS = {"content-type": "application/json"}
+Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+
+
+@dataclasses.dataclass(slots=True)
+class CachePlan:
+    """The response-cache stage's result: the key, and whether to look up and to store."""
+
+    key: str | None = None
+    store: bool = False
+    hit: ChatResponse | None = None
 
 
 class Pipeline:
-    def __init__(self, services: Services) -> None:
-        self.s = services
-        self.dispatcher = Dispatcher(
-            services.settings,
-            services.catalog,
-            services.providers,
-            services.router,
-            services.health,
-            services.metrics,
-            prepare=self.prepare_for_model,
-        )
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        keys: KeyStore,
+        router: Router,
+        limiter: Limiter,
+        budget_shares: BudgetShares,
+        response_cache: ResponseCache,
+        dispatcher: Dispatcher,
+        bookkeeper: Bookkeeper,
+        metrics: Metrics,
+        lifecycle: Lifecycle,
+        spawn: Spawn,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.keys = keys
+        self.router = router
+        self.limiter = limiter
+        self.budget_shares = budget_shares
+        self.response_cache = response_cache
+        self.dispatcher = dispatcher
+        self.bookkeeper = bookkeeper
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.spawn = spawn
 
     # ---- the journey -------------------------------------------------------------------------------
 
-    async def handle(self, request: Request, fmt: ClientFormat) -> Response:
-        ctx = RequestContext(request_id=new_request_id(), client_format=fmt, headers=request.headers)
-        self.s.metrics.request_started(fmt)
+    async def handle(self, inbound: Inbound) -> Outcome:
+        codec = codec_for(inbound.format)
+        trail = Trail(request_id=new_request_id(), client_format=inbound.format)
+        self.metrics.request_started(inbound.format)
         streaming = False
         try:
             with span("tollway.authenticate"):
-                ctx.principal = await self.authenticate(request)  # 1. who is calling
-            body = await read_json_body(request, self.s.settings.max_body_bytes)
-            ctx.chat = parse_chat(fmt, body, request)  # canonical form, once
+                trail.principal = await self.authenticate(inbound.headers)  # 1. who is calling
+            trail.chat = chat = parse(codec, inbound)  # canonical form, once
             with span("tollway.route"):
-                ctx.plan = self.route(ctx)  # 2. which model
+                trail.plan = plan = self.route(chat, trail.principal, inbound.headers)  # 2. which model
             with span("tollway.admit"):
-                ctx.admission = await self.admit(ctx)  # 3. budget reservation
-            cached = await self.lookup_response_cache(ctx)  # 4. caching
-            if cached is not None:
-                return self.respond_from_cache(ctx, cached)
-            if ctx.chat.stream:  # 5 + 6, streaming
-                response = await self.respond_stream(ctx)
-                streaming = True
-                return response
-            answer = await self.dispatcher.complete(ctx)  # 5. call the provider
-            return self.respond(ctx, answer)  # 6. respond; 7 runs after it is sent
+                trail.admission = await self.admit(chat, plan, trail.principal, trail.request_id)  # 3. budget
+            cache = await self.look_up_cache(chat, plan, trail.principal, inbound.headers)  # 4. caching
+            if cache.hit is not None:
+                return self.replay(codec, trail, cache.hit)
+            async with asyncio.timeout(self.deadline(plan)):
+                if chat.stream:  # 5 + 6, streaming: settled by the relay when the stream ends
+                    upstream, served = await self.call_candidates(
+                        trail, chat, self.dispatcher.candidates(plan), inbound.headers, stream=True
+                    )
+                    streaming = True
+                    return self.stream(codec, trail, upstream, served, cache)
+                answer = await self.complete(trail, chat, plan, inbound.headers)  # 5. call the provider
+            return self.respond(codec, trail, answer, cache)  # 6. respond; 7 runs after it is sent
         except GatewayError as err:
-            return self.fail(ctx, err)
+            return self.fail(codec, trail, err)
+        except TimeoutError:
+            return self.fail(codec, trail, GatewayError("timeout", "the request exceeded its deadline"))
+        except asyncio.CancelledError:
+            # The client went away (or the server is stopping) before an answer: pass the
+            # cancellation on (it closed the upstream call) and record what was used.
+            self.spawn(self.bookkeeper.close(trail, self._aborted(trail)))
+            raise
+        except Exception:
+            log.exception("unhandled error in the pipeline (%s)", trail.request_id)
+            return self.fail(codec, trail, GatewayError("api_error", "internal error in Tollway", status=500))
         finally:
             if not streaming:
-                self.s.metrics.request_finished(fmt)
+                self.metrics.request_finished(inbound.format)
 
     # ---- 1. authenticate ---------------------------------------------------------------------------
 
-    async def authenticate(self, request: Request) -> Principal:
-        secret = bearer_or_api_key(request)
+    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        secret = bearer_or_api_key(headers)
         if not secret:
             raise GatewayError("authentication", "missing API key: send it as 'x-api-key' or 'Authorization: Bearer'")
         try:
-            principal = await self.s.keys.lookup(secret)
+            principal = await self.keys.lookup(secret)
         except KeyStoreUnavailable as exc:
             raise GatewayError("unavailable", "key lookup is temporarily unavailable; retry shortly") from exc
         if principal is None:
             raise GatewayError("authentication", "invalid API key")
-        await self.s.keys.touch_last_used(principal.key_id)
+        await self.keys.touch_last_used(principal.key_id)
         return principal
 
     # ---- 2. route ----------------------------------------------------------------------------------
 
-    def route(self, ctx: RequestContext) -> Any:
-        assert ctx.chat is not None and ctx.principal is not None
+    def route(self, chat: ChatRequest, principal: Principal, headers: Mapping[str, str]) -> Plan:
         try:
-            return self.s.router.plan(
-                ctx.chat,
-                ctx.principal,
-                task_hint=ctx.header("x-tollway-task"),
-                budget_share_used=self.s.budget_share_used(ctx.principal),
+            return self.router.plan(
+                chat,
+                principal,
+                task_hint=headers.get("x-tollway-task"),
+                budget_share_used=self.budget_shares.used(principal),
             )
         except RouteError as err:
-            retry_after = getattr(err, "retry_after_s", None)
-            headers = {"retry-after": str(max(1, int(retry_after + 0.999)))} if retry_after else {}
-            raise GatewayError(err.kind, err.message, status=err.status, headers=headers) from err  # type: ignore[arg-type]
+            raise route_error(err) from err
+
+    def deadline(self, plan: Plan) -> float:
+        route = self.catalog.routes.get(plan.route) if plan.route else None
+        if route is not None and route.deadline_s is not None:
+            return route.deadline_s
+        return self.settings.request_deadline_s
 
     # ---- 3. admit ----------------------------------------------------------------------------------
 
-    async def admit(self, ctx: RequestContext) -> Any:
-        assert ctx.chat is not None and ctx.principal is not None and ctx.plan is not None
-        model = ctx.plan.candidates[0].model
+    async def admit(self, chat: ChatRequest, plan: Plan, principal: Principal, request_id: str) -> Admission:
+        model = plan.candidates[0].model
         try:
-            # Reserve for exactly the output cap the upstream will be sent (see prepare_for_model).
-            req = with_output_cap(ctx.chat, model, ctx.principal)
-            tokens, usd = worst_case(req, model, ctx.principal, self.s.settings)
-            admission = await self.s.limiter.admit(ctx.principal, tokens=tokens, usd=usd, request_id=ctx.request_id)
-            if ctx.principal.policy.downgrade_at_budget_share is not None:
-                self.s.note_budget_share(ctx.principal.team_id, admission.token_budget_share_used())
-            return admission
+            # Reserve for exactly the output cap the upstream will be sent (see prepare).
+            tokens, usd = worst_case(with_output_cap(chat, model, principal), model, principal, self.settings)
+            admission = await self.limiter.admit(principal, tokens=tokens, usd=usd, request_id=request_id)
         except InvalidBudgetRequest as err:
             raise invalid(str(err), "max_tokens") from err
         except BudgetExceeded as err:
-            self.s.metrics.budget_rejected(ctx.principal.team_name, err.window)
-            raise GatewayError(
-                "rate_limit",
-                err.message(),
-                headers={
-                    "retry-after": str(err.retry_after_s),
-                    "x-should-retry": "false" if err.never_fits or err.retry_after_s > 60 else "true",
-                },
-            ) from err
+            self.metrics.budget_rejected(principal.team_name, err.window)
+            raise budget_exceeded(err) from err
         except BudgetBackendUnavailable as err:
             raise GatewayError("unavailable", "budget store unavailable: request refused (fail-closed policy)") from err
+        if principal.policy.downgrade_at_budget_share is not None:
+            self.budget_shares.note(principal.team_id, admission.token_budget_share_used())
+        return admission
 
-    # ---- 4. prepare: response cache, and per-model adaptation -------------------------------------
+    # ---- 4. response cache -------------------------------------------------------------------------
 
-    async def lookup_response_cache(self, ctx: RequestContext) -> ChatResponse | None:
-        assert ctx.chat is not None and ctx.principal is not None and ctx.plan is not None
-        decision = decide(ctx.chat, ctx.principal.policy, ctx.header("x-tollway-cache"))
+    async def look_up_cache(
+        self, chat: ChatRequest, plan: Plan, principal: Principal, headers: Mapping[str, str]
+    ) -> CachePlan:
+        decision: CacheDecision = decide(chat, principal.policy, headers.get("x-tollway-cache"))
         if not (decision.lookup or decision.store):
-            return None
-        ctx.response_cache_key = cache_key(ctx.principal.team_id, ctx.plan.candidates[0].name, ctx.chat)
-        ctx.response_cache_store = decision.store
+            return CachePlan()
+        cache = CachePlan(key=cache_key(principal.team_id, plan.candidates[0].name, chat), store=decision.store)
         if not decision.lookup:
-            return None
-        data = await self.s.response_cache.get(ctx.response_cache_key)
-        self.s.metrics.response_cache(hit=data is not None)
-        if data is None:
-            return None
-        try:
-            return decode_response(data)
-        except ValueError:
-            log.warning("unreadable response-cache entry, treated as a miss")
-            return None
+            return cache
+        data = await self.response_cache.get(cache.key or "")
+        self.metrics.response_cache(hit=data is not None)
+        if data is not None:
+            try:
+                cache.hit = decode_response(data)
+            except ValueError:
+                log.warning("unreadable response-cache entry, treated as a miss")
+        return cache
 
-    async def prepare_for_model(self, ctx: RequestContext, req: ChatRequest, candidate: Candidate) -> ChatRequest:
-        """Adapt the canonical request to one candidate model (called per model tried)."""
-        assert ctx.principal is not None and ctx.admission is not None
-        model = candidate.model
-        has_sampling = req.temperature is not None or req.top_p is not None or req.top_k is not None
+    # ---- 5. call the provider: candidates in order, each prepared here, then escalation ------------
+
+    async def complete(
+        self, trail: Trail, chat: ChatRequest, plan: Plan, headers: Mapping[str, str]
+    ) -> ChatResponse:
+        answer, candidate = await self.call_candidates(trail, chat, self.dispatcher.candidates(plan), headers)
+        # Escalation cascade: verify, and go one tier up while the answer fails.
+        while plan.escalate and (failure := verify(chat, answer)) is not None:
+            higher = self.router.next_tier_candidates(plan, candidate.name)
+            if not higher:
+                break
+            trail.calls.escalations += 1
+            self.metrics.escalation(candidate.name, higher[0].name)
+            log.info("escalating %s → %s: %s", candidate.name, higher[0].name, failure)
+            answer, candidate = await self.call_candidates(trail, chat, higher, headers)
+        return answer
+
+    async def call_candidates(
+        self,
+        trail: Trail,
+        chat: ChatRequest,
+        candidates: list[Candidate],
+        headers: Mapping[str, str],
+        *,
+        stream: bool = False,
+    ) -> tuple[Any, Candidate]:
+        last_error: UpstreamError | None = None
+        for position, candidate in enumerate(candidates):
+            if position:
+                self.metrics.fallback(candidates[position - 1].name, candidate.name)
+            request = await self.prepare(trail, chat, candidate, headers)
+            try:
+                if stream:
+                    return await self.dispatcher.open_stream(candidate, request, trail.calls, headers), candidate
+                return await self.dispatcher.complete(candidate, request, trail.calls, headers), candidate
+            except UpstreamError as err:
+                last_error = err
+                if not worth_another_model(err):
+                    break
+        assert last_error is not None
+        raise upstream_failure(last_error, tried=len(trail.calls.attempts))
+
+    async def prepare(
+        self, trail: Trail, chat: ChatRequest, candidate: Candidate, headers: Mapping[str, str]
+    ) -> ChatRequest:
+        """Adapt the canonical request to one candidate model: sampling policy, output cap, the budget
+        reservation for a pricier fallback, prompt-cache breakpoints."""
+        assert trail.principal is not None and trail.admission is not None and trail.plan is not None
+        principal, plan, model = trail.principal, trail.plan, candidate.model
+        has_sampling = chat.temperature is not None or chat.top_p is not None or chat.top_k is not None
         if has_sampling and model.sampling == "reject":
             raise reject_sampling(candidate.name)
-        if has_sampling and model.sampling == "drop":
-            req = without_sampling(req)
-        req = with_output_cap(req, model, ctx.principal)
-        if ctx.plan is not None and candidate is not ctx.plan.candidates[0]:
+        req = without_sampling(chat) if has_sampling and model.sampling == "drop" else chat
+        req = with_output_cap(req, model, principal)
+        if candidate is not plan.candidates[0]:
             # A fallback or escalation to another model: the reservation must cover its price.
-            tokens, usd = worst_case(req, model, ctx.principal, self.s.settings)
+            tokens, usd = worst_case(req, model, principal, self.settings)
             try:
-                ctx.admission = await self.s.limiter.readmit(ctx.admission, tokens=tokens, usd=usd)
+                trail.admission = await self.limiter.readmit(trail.admission, tokens=tokens, usd=usd)
             except BudgetExceeded as err:
-                raise GatewayError(
-                    "rate_limit", err.message(), headers={"retry-after": str(err.retry_after_s)}
-                ) from err
-        provider_kind = self.s.catalog.providers[model.all_deployments(candidate.name)[0].provider].kind
-        policy = ctx.principal.policy
-        route = self.s.catalog.routes.get(ctx.plan.route) if ctx.plan and ctx.plan.route else None
+                raise budget_exceeded(err) from err
+        provider_kind = self.catalog.providers[model.all_deployments(candidate.name)[0].provider].kind
+        route = self.catalog.routes.get(plan.route) if plan.route else None
+        policy = principal.policy
         mode = route.prompt_cache if route is not None and route.prompt_cache is not None else policy.prompt_cache
-        if provider_kind == "anthropic" and prompt_cache_enabled(mode, ctx.header(PROMPT_CACHE_HEADER)):
+        if provider_kind == "anthropic" and prompt_cache_enabled(mode, headers.get(PROMPT_CACHE_HEADER)):
             req = copy_for_breakpoints(req)
             apply_breakpoints(req, model, ttl=policy.prompt_cache_ttl)
         return req
 
     # ---- 6. respond --------------------------------------------------------------------------------
 
-    def respond(self, ctx: RequestContext, answer: ChatResponse) -> Response:
-        assert ctx.chat is not None
-        answer.model = ctx.served_model or answer.model
-        same_format = self._same_format(ctx)
-        body = (
-            anthropic_wire.encode_response(answer, same_format=same_format)
-            if ctx.client_format == "anthropic"
-            else openai_wire.encode_response(answer)
+    def respond(self, codec: ClientCodec, trail: Trail, answer: ChatResponse, cache: CachePlan) -> Outcome:
+        assert trail.chat is not None
+        answer.model = trail.calls.served_model or answer.model
+        body = codec.encode_response(answer, trail.chat, same_format=self.same_format(codec, trail))
+        if self.cacheable(trail, cache):
+            self.spawn(self.response_cache.put(cache.key or "", encode_for_cache(answer)))
+        trail.usage_flag = usage_flag(trail.chat, answer)
+        ending = Ending(
+            status=200, usage=trail.calls.total_usage(), stop_reason=answer.stop_reason, completion=_text(answer)
         )
-        if self._cacheable(ctx):
-            self._spawn(self.s.response_cache.put(ctx.response_cache_key or "", encode_response(answer)))
-        usage = self._total_usage(ctx)
-        return Response(
-            body,
-            media_type="application/json",
-            headers=self.headers(ctx),
-            background=BackgroundTask(
-                self.finish_later,
-                ctx,
-                status=200,
-                usage=usage,
-                stop_reason=answer.stop_reason,
-                completion=_text(answer),
-            ),
+        return Outcome(200, {**self.headers(trail), **JSON_HEADERS}, body, after=self._close_later(trail, ending))
+
+    def replay(self, codec: ClientCodec, trail: Trail, answer: ChatResponse) -> Outcome:
+        """A response-cache hit: the stored answer, as JSON or as a well-formed stream."""
+        assert trail.chat is not None and trail.plan is not None
+        first = trail.plan.candidates[0]
+        trail.calls.served_model = first.name
+        trail.calls.provider = first.model.all_deployments(first.name)[0].provider
+        trail.cache_hit = True
+        headers = {**self.headers(trail), "x-tollway-cache": "hit"}
+        ending = Ending(status=200, usage=trail.calls.total_usage(), stop_reason=answer.stop_reason)
+        if not trail.chat.stream:
+            body = codec.encode_response(answer, trail.chat, same_format=self.same_format(codec, trail))
+            return Outcome(200, {**headers, **JSON_HEADERS}, body, after=self._close_later(trail, ending))
+        encode = codec.stream_encoder(trail.chat, first.name)
+        events = [encode(event) for event in response_to_events(answer)]
+
+        async def replayed() -> AsyncIterator[bytes]:
+            try:
+                yield b"".join(events)
+            finally:
+                self.metrics.request_finished(trail.client_format)
+                self.spawn(self.bookkeeper.close(trail, ending))
+
+        return Outcome(200, {**headers, **SSE_HEADERS}, stream=replayed())
+
+    def stream(
+        self, codec: ClientCodec, trail: Trail, upstream: UpstreamStream, served: Candidate, cache: CachePlan
+    ) -> Outcome:
+        assert trail.chat is not None
+        keep_content = bool(cache.store) or self.settings.log_prompts
+        relay = Relay(
+            codec=codec,
+            trail=trail,
+            upstream=upstream,
+            model=served.model,
+            deadline_s=self.deadline(trail.plan) if trail.plan else self.settings.request_deadline_s,
+            keep_content=keep_content,
+            lifecycle=self.lifecycle,
+            metrics=self.metrics,
         )
+        return Outcome(200, {**self.headers(trail), **SSE_HEADERS}, stream=self._relayed(relay, trail, cache))
 
-    def respond_from_cache(self, ctx: RequestContext, answer: ChatResponse) -> Response:
-        assert ctx.chat is not None
-        ctx.served_model = ctx.plan.candidates[0].name if ctx.plan else answer.model
-        if ctx.plan:
-            ctx.provider = ctx.plan.candidates[0].model.all_deployments(ctx.served_model)[0].provider
-        headers = {**self.headers(ctx), "x-tollway-cache": "hit"}
-        finish = BackgroundTask(
-            self.finish_later, ctx, status=200, usage=Usage(), stop_reason=answer.stop_reason, cache_hit=True
-        )
-        if not ctx.chat.stream:
-            body = (
-                anthropic_wire.encode_response(answer, same_format=self._same_format(ctx))
-                if ctx.client_format == "anthropic"
-                else openai_wire.encode_response(answer)
-            )
-            return Response(body, media_type="application/json", headers=headers, background=finish)
-        events = anthropic_wire.response_to_events(answer)
-        encode = self._event_encoder(ctx)
-
-        async def replay() -> AsyncIterator[bytes]:
-            for event in events:
-                yield encode(event)
-
-        return EventStreamResponse(replay(), headers={**headers, **SSE_HEADERS}, background=finish)
-
-    async def respond_stream(self, ctx: RequestContext) -> Response:
-        assert ctx.chat is not None
-        upstream = await self.dispatcher.open_stream(ctx)  # retries and fallbacks end here
-        tracker = StreamTracker(keep_content=ctx.response_cache_store or self.s.settings.log_prompts)
-        encode = self._event_encoder(ctx)
-        metrics = self.s.metrics
-        fmt = ctx.client_format
-        return EventStreamResponse(
-            self._relay(ctx, upstream, tracker, encode, metrics, fmt), headers={**self.headers(ctx), **SSE_HEADERS}
-        )
-
-    async def _relay(
-        self,
-        ctx: RequestContext,
-        upstream: UpstreamStream,
-        tracker: StreamTracker,
-        encode: Any,
-        metrics: Any,
-        fmt: ClientFormat,
-    ) -> AsyncIterator[bytes]:
-        """Forward events as they arrive; on any ending (done, upstream error, client gone) settle.
-
-        The events of one upstream read go out in one write: same bytes, same moment, far fewer
-        sends (each costs the server a write call and a trip through the ASGI machinery)."""
-        status, error_type, aborted = 200, None, True
-        last = time.perf_counter()
-        see = tracker.see
+    async def _relayed(self, relay: Relay, trail: Trail, cache: CachePlan) -> AsyncIterator[bytes]:
         try:
-            async for batch in upstream.batches():
-                parts: list[bytes] = []
-                for event in batch:
-                    see(event)
-                    if event.type == "error":
-                        upstream_type = (tracker.error or {}).get("type")
-                        status, error_type = 502, upstream_type or "api_error"
-                        kind = kind_from_anthropic_type(upstream_type)
-                        parts.append(
-                            sse_error_event(GatewayError(kind, "the upstream provider failed mid-stream"), fmt)
-                        )
-                        aborted = False
-                        yield b"".join(parts)
-                        return
-                    chunk = encode(event)
-                    if chunk:
-                        parts.append(chunk)
-                if parts:
-                    now = time.perf_counter()
-                    metrics.observe_inter_event(now - last, fmt)
-                    last = now
-                    yield parts[0] if len(parts) == 1 else b"".join(parts)
-            aborted = False
-            if not tracker.finished:
-                status, error_type = 502, "api_error"
-                yield sse_error_event(GatewayError("api_error", "the upstream stream ended early"), fmt)
-        except UpstreamError as err:
-            aborted = False
-            status, error_type = 502, err.kind
-            yield sse_error_event(GatewayError(err.kind, err.message), fmt)  # type: ignore[arg-type]
+            async for chunk in relay.chunks():
+                yield chunk
         finally:
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
-            ctx.first_token_at = tracker.first_token_at
-            if ctx.attempts:
-                model = self.s.catalog.models[ctx.attempts[-1].model]
-                answer = tracker.response()
-                assert ctx.chat is not None
-                answer.usage = tracker.usage_so_far(estimate_tokens(ctx.chat))
-                record_usage(ctx.attempts[-1], model, answer)
-            if not aborted and status == 200 and self._cacheable(ctx):
-                answer = tracker.response()
-                answer.model = ctx.served_model or answer.model
-                self._spawn(self.s.response_cache.put(ctx.response_cache_key or "", encode_response(answer)))
-            self.s.metrics.request_finished(fmt)
-            self._spawn(
-                self.finish(
-                    ctx,
-                    status=status if not aborted else 499,
-                    usage=self._total_usage(ctx),
-                    stop_reason=tracker.stop_reason,
-                    error_type=error_type if not aborted else "client_aborted",
-                    aborted=aborted,
-                    completion=_text(tracker.response()) if tracker.keep_content else None,
-                )
-            )
+            # Runs on every ending: done, upstream failure, deadline, shutdown, client gone.
+            self.metrics.request_finished(trail.client_format)
+            if relay.ending.status == 200 and not relay.ending.aborted and self.cacheable(trail, cache):
+                answer = relay.tracker.response()
+                answer.model = trail.calls.served_model or answer.model
+                self.spawn(self.response_cache.put(cache.key or "", encode_for_cache(answer)))
+            self.spawn(self.bookkeeper.close(trail, relay.ending))
 
-    def fail(self, ctx: RequestContext, err: GatewayError) -> Response:
-        response = error_response(err, ctx.client_format, ctx.request_id)
-        response.headers.update(self.headers(ctx, with_budget=False))
-        if err.kind == "authentication" or ctx.chat is None:
-            # No team to charge: counted in metrics and logs, not in a team's ledger.
-            self._spawn(self.finish(ctx, status=response.status_code, usage=Usage(), error_type=err.kind, record=False))
-        else:
-            response.background = BackgroundTask(
-                self.finish_later,
-                ctx,
-                status=response.status_code,
-                usage=self._total_usage(ctx),
-                error_type=err.kind,
-            )
-        return response
+    def fail(self, codec: ClientCodec, trail: Trail, err: GatewayError) -> Outcome:
+        body = codec.error_body(err, trail.request_id)
+        headers = {**err.headers, **self.headers(trail, with_budget=False), **JSON_HEADERS}
+        # No team to charge (bad key, unreadable body): counted in metrics and logs, not in a ledger.
+        record = err.kind != "authentication" and trail.chat is not None and trail.principal is not None
+        ending = Ending(
+            status=err.status_for(codec.name),
+            usage=trail.calls.total_usage(),
+            error_type=err.kind,
+            record=record,
+        )
+        return Outcome(ending.status, headers, body, after=self._close_later(trail, ending))
 
     # ---- 7. settle and record (after the response) ------------------------------------------------
 
-    async def finish_later(self, ctx: RequestContext, **outcome: Any) -> None:
-        """Runs once the response is sent; hands settlement to its own task so the connection is
+    def _close_later(self, trail: Trail, ending: Ending) -> Callable[[], Awaitable[None]]:
+        """Runs once the body is sent; hands the closing stage to its own task so the connection is
         free for the client's next request without waiting on Redis."""
-        self._spawn(self.finish(ctx, **outcome))
 
-    async def finish(
-        self,
-        ctx: RequestContext,
-        *,
-        status: int,
-        usage: Usage,
-        stop_reason: str | None = None,
-        error_type: str | None = None,
-        aborted: bool = False,
-        cache_hit: bool = False,
-        record: bool = True,
-        completion: str | None = None,
-    ) -> None:
-        cost = sum((a.cost for a in ctx.attempts), Decimal(0))
-        uncached = sum((a.uncached_cost for a in ctx.attempts), Decimal(0))
-        if ctx.admission is not None:
-            await self.s.limiter.settle(ctx.admission, tokens=usage.total_tokens, usd=cost)
-        latency = time.perf_counter() - ctx.started
-        ttft = (ctx.first_token_at - ctx.started) if ctx.first_token_at else None
-        principal = ctx.principal
-        event = UsageEvent(
-            request_id=ctx.request_id,
-            team_id=principal.team_id if principal else None,
-            key_id=principal.key_id if principal else None,
-            client_format=ctx.client_format,
-            requested_model=ctx.requested_model,
-            served_model=ctx.served_model,
-            provider=ctx.provider,
-            route_reason=ctx.plan.reason if ctx.plan else None,
-            attempts=len(ctx.attempts),
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_write_5m_tokens=usage.cache_write_5m_tokens,
-            cache_write_1h_tokens=usage.cache_write_1h_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cost_usd=cost,
-            uncached_cost_usd=uncached,
-            latency_ms=latency * 1000,
-            ttft_ms=ttft * 1000 if ttft is not None else None,
-            status=status,
-            error_type=error_type,
-            stop_reason=stop_reason,
-            streamed=bool(ctx.chat and ctx.chat.stream),
-            aborted=aborted,
-            response_cache_hit=cache_hit,
-        )
-        if record and principal is not None:
-            self.s.recorder.record(event)
-        team_name = principal.team_name if principal else None
-        route = ctx.plan.route if ctx.plan else None
-        self.s.metrics.observe(event, team_name=team_name, route=route, upstream_s=ctx.upstream_seconds, ttft_s=ttft)
-        log_request(
-            event,
-            team_name=team_name,
-            key_prefix=principal.key_prefix if principal else None,
-            route=route,
-            prompt=ctx.chat if self.s.settings.log_prompts else None,
-            completion=completion if self.s.settings.log_prompts else None,
-            log_prompts=self.s.settings.log_prompts,
+        async def after() -> None:
+            self.spawn(self.bookkeeper.close(trail, ending))
+
+        return after
+
+    def _aborted(self, trail: Trail) -> Ending:
+        return Ending(
+            status=499, usage=trail.calls.total_usage(), error_type="client_aborted", aborted=True
         )
 
     # ---- helpers ----------------------------------------------------------------------------------
 
-    def headers(self, ctx: RequestContext, *, with_budget: bool = True) -> dict[str, str]:
-        headers = {"request-id": ctx.request_id, "x-request-id": ctx.request_id}
-        if ctx.served_model:
-            headers["x-tollway-served-model"] = ctx.served_model
-        elif ctx.plan is not None and ctx.plan.candidates:
-            headers["x-tollway-served-model"] = ctx.plan.candidates[0].name
-        if ctx.plan is not None:
-            headers["x-tollway-route-reason"] = ctx.plan.reason
-        if ctx.escalations:
-            headers["x-tollway-escalations"] = str(ctx.escalations)
-        if with_budget and ctx.admission is not None:
-            headers.update(ctx.admission.headers_for(ctx.client_format))
+    def headers(self, trail: Trail, *, with_budget: bool = True) -> dict[str, str]:
+        headers = {"request-id": trail.request_id, "x-request-id": trail.request_id}
+        calls, plan = trail.calls, trail.plan
+        if calls.served_model:
+            headers["x-tollway-served-model"] = calls.served_model
+        elif plan is not None and plan.candidates:
+            headers["x-tollway-served-model"] = plan.candidates[0].name
+        if plan is not None:
+            headers["x-tollway-route-reason"] = plan.reason
+        if calls.escalations:
+            headers["x-tollway-escalations"] = str(calls.escalations)
+        if calls.simulated:
+            headers["x-tollway-simulated"] = "true"  # never mistaken for a real model's answer
+        if with_budget and trail.admission is not None:
+            headers.update(trail.admission.headers_for(trail.client_format))
         return headers
 
-    def _cacheable(self, ctx: RequestContext) -> bool:
+    def cacheable(self, trail: Trail, cache: CachePlan) -> bool:
         # The key names the first candidate: an answer from a fallback model is not stored under it.
-        first = ctx.plan.candidates[0].name if ctx.plan else None
-        return bool(ctx.response_cache_key and ctx.response_cache_store and ctx.served_model == first)
+        first = trail.plan.candidates[0].name if trail.plan else None
+        return bool(cache.key and cache.store and trail.calls.served_model == first)
 
-    def _same_format(self, ctx: RequestContext) -> bool:
-        provider = ctx.provider
-        return provider is not None and self.s.catalog.providers[provider].kind == ctx.client_format
-
-    def _event_encoder(self, ctx: RequestContext) -> Any:
-        if ctx.client_format == "anthropic":
-            return anthropic_wire.encode_event
-        assert ctx.chat is not None
-        model = ctx.served_model or (ctx.plan.candidates[0].name if ctx.plan else ctx.chat.model)
-        return openai_wire.ChunkEncoder(include_usage=ctx.chat.include_usage, model=model).encode
-
-    def _total_usage(self, ctx: RequestContext) -> Usage:
-        total = Usage()
-        for a in ctx.attempts:
-            total.input_tokens += a.usage.input_tokens
-            total.output_tokens += a.usage.output_tokens
-            total.cache_write_5m_tokens += a.usage.cache_write_5m_tokens
-            total.cache_write_1h_tokens += a.usage.cache_write_1h_tokens
-            total.cache_read_tokens += a.usage.cache_read_tokens
-        return total
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self.s.spawn(coro)
+    def same_format(self, codec: ClientCodec, trail: Trail) -> bool:
+        provider = trail.calls.provider
+        return provider is not None and self.catalog.providers[provider].kind == codec.native_provider
 
 
-# ---- parsing helpers (stage 0: bytes → canonical) -------------------------------------------------
+# ---- stage helpers: pure functions ---------------------------------------------------------------
+
+
+def parse(codec: ClientCodec, inbound: Inbound) -> ChatRequest:
+    if not inbound.body:
+        raise invalid("request body is empty: expected a JSON object")
+    try:
+        body = orjson.loads(inbound.body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"request body is not valid JSON: {exc}") from exc
+    return codec.parse_request(body, inbound.headers)
+
+
+def bearer_or_api_key(headers: Mapping[str, str]) -> str | None:
+    key = headers.get("x-api-key")
+    if key:
+        return key.strip()
+    auth = headers.get("authorization")
+    if auth and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None
+
+
+def route_error(err: RouteError) -> GatewayError:
+    headers = {"retry-after": retry_after_value(err.retry_after_s)} if err.retry_after_s else {}
+    return GatewayError(err.kind, err.message, status=err.status, headers=headers)  # type: ignore[arg-type]
+
+
+def budget_exceeded(err: BudgetExceeded) -> GatewayError:
+    """The one 429 for a budget or rate limit, wherever in the journey it is hit."""
+    return GatewayError(
+        "rate_limit",
+        err.message(),
+        headers={
+            "retry-after": retry_after_value(err.retry_after_s),
+            "x-should-retry": "false" if err.never_fits or err.retry_after_s > 60 else "true",
+        },
+    )
 
 
 def with_output_cap(req: ChatRequest, model: ModelConfig, principal: Principal) -> ChatRequest:
@@ -482,51 +457,11 @@ def with_output_cap(req: ChatRequest, model: ModelConfig, principal: Principal) 
     return dataclasses.replace(req, max_tokens=min(cap, model.max_output_tokens))
 
 
-def _text(answer: ChatResponse) -> str:
-    return "".join(b.get("text", "") for b in answer.content if b.get("type") == "text")
-
-
-def bearer_or_api_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    auth = request.headers.get("authorization")
-    if auth and auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
+def usage_flag(chat: ChatRequest, answer: ChatResponse) -> str | None:
+    """Flag an answer billed for more output than the request allowed (the reservation's worst case)."""
+    if chat.max_tokens is not None and answer.usage.output_tokens > chat.max_tokens:
+        return "over_reservation"
     return None
-
-
-async def read_json_body(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise GatewayError("request_too_large", f"request body is larger than the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise GatewayError("request_too_large", f"request body is larger than the {limit}-byte limit")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise GatewayError("invalid_request", "client disconnected while sending the request") from exc
-    raw = b"".join(chunks)
-    if not raw:
-        raise invalid("request body is empty: expected a JSON object")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"request body is not valid JSON: {exc}") from exc
-
-
-def parse_chat(fmt: ClientFormat, body: Any, request: Request) -> ChatRequest:
-    if fmt == "anthropic":
-        return anthropic_wire.parse_request(
-            body,
-            anthropic_version=request.headers.get("anthropic-version"),
-            anthropic_beta=request.headers.get("anthropic-beta"),
-        )
-    return openai_wire.parse_request(body)
 
 
 def copy_for_breakpoints(req: ChatRequest) -> ChatRequest:
@@ -538,3 +473,7 @@ def copy_for_breakpoints(req: ChatRequest) -> ChatRequest:
         messages=[dataclasses.replace(m, content=[dict(b) for b in m.content]) for m in req.messages],
         tools=[dataclasses.replace(t, extra=dict(t.extra)) for t in req.tools],
     )
+
+
+def _text(answer: ChatResponse) -> str:
+    return "".join(b.get("text", "") for b in answer.content if b.get("type") == "text")

@@ -7,13 +7,16 @@ import os
 import uvicorn
 
 from app.config import Settings, load_catalog, load_settings
+from app.http_protocol import HeaderTimeoutProtocol
 from app.observability.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
+from app.providers.registry import check_credentials
 
 
 def run_server(host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
     overrides = {k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v is not None}
     settings = load_settings(**overrides)
-    load_catalog(settings.config)  # fail fast, with the bad field named, before forking workers
+    catalog = load_catalog(settings.config)  # fail fast, with the bad field named, before forking workers
+    check_credentials(settings, catalog)  # a missing provider key stops start-up (no silent simulation)
     # Workers re-read settings from the environment: pass the command-line overrides through it.
     os.environ["TOLLWAY_HOST"] = settings.host
     os.environ["TOLLWAY_PORT"] = str(settings.port)
@@ -44,8 +47,9 @@ def _run_uvicorn(settings: Settings) -> None:
         workers=settings.workers,
         log_level=settings.log_level.lower(),
         access_log=False,  # one structured line per request comes from the pipeline instead
-        timeout_graceful_shutdown=30,
+        # Streams get shutdown_grace_s to finish, then an error event (app/lifecycle.py); then the rest.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
         loop="auto",
-        http="auto",
+        http=HeaderTimeoutProtocol,  # uvicorn's httptools protocol + a deadline for the request head
         server_header=False,  # no "server: uvicorn" on every answer: nothing for a client to act on
     )

@@ -1,6 +1,7 @@
 """Everything a request needs, built once at start-up and closed at shutdown.
 
 Endpoints reach it as ``request.app.state.services``; tests build it with ``build_services``.
+``build_pipeline`` hands the request pipeline exactly the services it uses.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keystore import KeyStore
 from app.auth.principal import Principal
+from app.bookkeeping import Bookkeeper
 from app.budgets.limiter import Limiter, create_limiter
 from app.budgets.redis_store import connect_budget_redis
+from app.budgets.shares import BudgetShares
 from app.caching.response_cache import ResponseCache, create_response_cache
 from app.config import Catalog, Settings
 from app.db.migrate import prepare_database
 from app.ledger.recorder import Recorder
 from app.ledger.spool import DiskSpool, RedisSpool, Spool
+from app.lifecycle import Lifecycle
 from app.observability.metrics import Metrics
+from app.pipeline import Pipeline
+from app.providers.dispatch import Dispatcher
 from app.providers.registry import ProviderRegistry
 from app.routing.health import DeploymentHealth
 from app.routing.router import Router
@@ -48,8 +54,9 @@ class Services:
     response_cache: ResponseCache
     metrics: Metrics
     redis: Redis | RedisCluster | None = None
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    budget_shares: BudgetShares = field(default_factory=BudgetShares)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    _budget_share: dict[str, float] = field(default_factory=dict)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run work after the response without losing track of it (shutdown waits for it)."""
@@ -61,16 +68,6 @@ class Services:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
-
-    def note_budget_share(self, team_id: str, share: float | None) -> None:
-        if share is not None:
-            self._budget_share[team_id] = share
-
-    def budget_share_used(self, principal: Any) -> float | None:
-        """The last known share of the team's tightest token budget (for budget-aware routing)."""
-        if principal.policy.downgrade_at_budget_share is None:
-            return None
-        return self._budget_share.get(principal.team_id)
 
     async def refresh_gauges(self) -> None:
         """Pull-style gauges, refreshed when /metrics is scraped."""
@@ -103,6 +100,24 @@ class Services:
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+
+
+def build_pipeline(services: Services) -> Pipeline:
+    """The request pipeline, with every service it uses passed in explicitly."""
+    return Pipeline(
+        settings=services.settings,
+        catalog=services.catalog,
+        keys=services.keys,
+        router=services.router,
+        limiter=services.limiter,
+        budget_shares=services.budget_shares,
+        response_cache=services.response_cache,
+        dispatcher=Dispatcher(services.settings, services.providers, services.health, services.metrics),
+        bookkeeper=Bookkeeper(services.settings, services.limiter, services.recorder, services.metrics),
+        metrics=services.metrics,
+        lifecycle=services.lifecycle,
+        spawn=services.spawn,
+    )
 
 
 async def build_services(settings: Settings, catalog: Catalog) -> Services:

@@ -28,9 +28,9 @@ from starlette.responses import Response
 
 from app.auth.keystore import KeyStoreUnavailable
 from app.auth.principal import Limits
+from app.auth.records import KeyRecord
 from app.db.engine import is_unavailable
 from app.ledger.reports import GROUP_BY_CHOICES, BadRange, GroupBy, parse_range, usage_report
-from app.teams.records import KeyRecord
 from app.teams.schemas import KeyCreate, KeyUpdate, PolicyIn, TeamCreate, TeamUpdate
 from app.teams.store import Conflict, NotFound
 

@@ -30,7 +30,8 @@ async def readyz(request: Request) -> JSONResponse:
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"error: {type(exc).__name__}"
-    if getattr(request.app.state, "draining", False):
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    if lifecycle is not None and lifecycle.draining:
         checks["shutdown"] = "draining"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(

@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from app.api.admin import ApiError, EnvelopeRoute, json_response, presented_key
 from app.auth.principal import Principal
+from app.auth.records import limits_to_json, policy_to_json
 from app.ledger.reports import usage_totals
-from app.teams.records import limits_to_json, policy_to_json
 
 log = logging.getLogger(__name__)
 router = APIRouter(route_class=EnvelopeRoute, tags=["me"])

@@ -27,14 +27,14 @@ def _is_anthropic(request: Request) -> bool:
 
 
 def _entries(pipeline: Pipeline, principal: Principal) -> list[dict[str, Any]]:
-    catalog = pipeline.s.catalog
+    catalog = pipeline.catalog
     allowed = principal.policy.allowed_models
     entries: list[dict[str, Any]] = []
     for name, model in catalog.models.items():
         if allowed is not None and name not in allowed:
             continue
         provider = model.all_deployments(name)[0].provider
-        simulated = pipeline.s.providers.is_simulated(provider)
+        simulated = pipeline.dispatcher.providers.is_simulated(provider)
         display = model.display_name or name
         entries.append(
             {
@@ -82,7 +82,7 @@ async def list_models(request: Request) -> Response:
     anthropic = _is_anthropic(request)
     fmt: ClientFormat = "anthropic" if anthropic else "openai"
     try:
-        principal = await pipeline.authenticate(request)
+        principal = await pipeline.authenticate(request.headers)
     except GatewayError as err:
         return error_response(err, fmt)
     entries = _entries(pipeline, principal)
@@ -117,11 +117,11 @@ async def get_model(request: Request) -> Response:
     anthropic = _is_anthropic(request)
     fmt: ClientFormat = "anthropic" if anthropic else "openai"
     try:
-        principal = await pipeline.authenticate(request)
+        principal = await pipeline.authenticate(request.headers)
     except GatewayError as err:
         return error_response(err, fmt)
     wanted = request.path_params["model_id"]
-    canonical = pipeline.s.catalog.resolve_model(wanted) or wanted
+    canonical = pipeline.catalog.resolve_model(wanted) or wanted
     for e in _entries(pipeline, principal):
         if e["id"] == canonical:
             entry = _anthropic_entry(e) if anthropic else _openai_entry(e)

@@ -6,11 +6,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.api.chat import inbound
 from app.api.errors import error_response
 from app.domain import ClientFormat
 from app.errors import GatewayError
-from app.pipeline import Pipeline, parse_chat, read_json_body
+from app.pipeline import Pipeline, parse
 from app.routing.router import RouteError
+from app.wire.codec import codec_for
 
 
 async def explain(request: Request) -> Response:
@@ -21,14 +23,14 @@ async def explain(request: Request) -> Response:
         else "openai"
     )
     try:
-        body = await read_json_body(request, pipeline.s.settings.max_body_bytes)
-        principal = await pipeline.authenticate(request)
-        chat = parse_chat(fmt, body, request)
-        result = pipeline.s.router.explain(
+        message = await inbound(request, fmt)
+        principal = await pipeline.authenticate(message.headers)
+        chat = parse(codec_for(fmt), message)
+        result = pipeline.router.explain(
             chat,
             principal,
             task_hint=request.headers.get("x-tollway-task"),
-            budget_share_used=pipeline.s.budget_share_used(principal),
+            budget_share_used=pipeline.budget_shares.used(principal),
         )
     except GatewayError as err:
         return error_response(err, fmt)

@@ -35,8 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keys import hash_key, looks_like_key
 from app.auth.principal import Principal
+from app.auth.records import limits_from_json, policy_from_json
 from app.db.tables import api_keys, teams
-from app.teams.records import limits_from_json, policy_from_json
 
 log = logging.getLogger(__name__)
 

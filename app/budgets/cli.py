@@ -18,6 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from app.auth.principal import Limits, Principal
+from app.auth.records import TeamRecord
 from app.budgets.limiter import BudgetBackendUnavailable, BudgetLimiter
 from app.budgets.limits import limits_vector, validate_limits
 from app.budgets.redis_store import RedisStore, connect_budget_redis
@@ -26,7 +27,6 @@ from app.budgets.windows import WINDOW_NAMES
 from app.config import load_settings
 from app.db.cli import add_database_url_option, fail, run_with_engine
 from app.db.migrate import SchemaNotMigrated
-from app.teams.records import TeamRecord
 from app.teams.store import StoreError, TeamStore
 
 _CLEAR = ("none", "null", "unlimited")

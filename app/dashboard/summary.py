@@ -24,9 +24,9 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.auth.records import TeamRecord
 from app.db.tables import usage_events
 from app.ledger.reports import NOT_SERVED, ReportRow, usage_report
-from app.teams.records import TeamRecord
 
 Unit = Literal["hour", "day"]
 RANGES: dict[str, tuple[Unit, int]] = {"24h": ("hour", 24), "7d": ("day", 7), "30d": ("day", 30)}

@@ -1,9 +1,10 @@
 """Build one adapter per configured provider, swapping in the built-in simulator where needed.
 
-With ``TOLLWAY_SIMULATOR=auto`` (the default) a provider whose credential is missing from the
-environment is served by the simulator, reached over real HTTP through the same adapter a real
-provider uses. ``always`` simulates every provider (tests, benchmarks); ``never`` refuses to start
-without credentials.
+Simulation is opt-in only. By default (``TOLLWAY_SIMULATOR=off``) a provider whose credential is
+missing stops start-up with a message naming the variables: a production deployment must never
+answer with simulated text because a key went missing. ``on`` serves the providers without a
+credential from the built-in simulator (``make run``, tests), reached over real HTTP through the same
+adapter a real provider uses; ``always`` simulates every provider (benchmarks).
 """
 
 from __future__ import annotations
@@ -26,16 +27,30 @@ def simulator_base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}/simulator"
 
 
+def check_credentials(settings: Settings, catalog: Catalog) -> None:
+    """Refuse to start when a provider has no credential and simulation was not asked for."""
+    if settings.simulator != "off":
+        return
+    missing = [
+        f"{name} ({cfg.api_key_env or 'providers.' + name + '.api_key'})"
+        for name, cfg in catalog.providers.items()
+        if cfg.credential() is None
+    ]
+    if missing:
+        raise ConfigError(
+            "no credential for provider(s): " + ", ".join(missing) + ". Set the variable(s), remove the "
+            "provider from the catalog (TOLLWAY_CONFIG), or start with TOLLWAY_SIMULATOR=on to serve them "
+            "from the built-in provider simulator (development and tests only: answers are simulated)."
+        )
+
+
 class ProviderRegistry:
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
         self._providers: dict[str, Provider] = {}
+        check_credentials(settings, catalog)
         for name, cfg in catalog.providers.items():
             credential = cfg.credential()
-            simulated = settings.simulator == "always" or (settings.simulator == "auto" and credential is None)
-            if credential is None and settings.simulator == "never":
-                raise ConfigError(
-                    f"providers.{name}: no credential (set {cfg.api_key_env}) and TOLLWAY_SIMULATOR=never"
-                )
+            simulated = settings.simulator == "always" or (settings.simulator == "on" and credential is None)
             if simulated:
                 base = simulator_base_url(settings)
                 if cfg.simulator_path:

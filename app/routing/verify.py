@@ -12,8 +12,8 @@
     the JSON was cut off mid-way (a complete document that happens to end at the limit passes on);
   * ``invalid_json`` — the text is not one JSON document (code fences count as invalid: the client
     asked for JSON and would fail to parse them too);
-  * ``schema_mismatch`` — ``json_schema`` was requested and the document does not match it (see
-    ``app/routing/jsonschema.py`` for the supported subset); ``json_object`` requires an object.
+  * ``schema_mismatch`` — ``json_schema`` was requested and the document does not match it (the full
+    standard, through ``jsonschema``: ``app/routing/schema_check.py``); ``json_object`` requires an object.
 
 Verification only looks at the answer; it never calls a model.
 """
@@ -25,7 +25,7 @@ import re
 import orjson
 
 from app.domain import ChatRequest, ChatResponse
-from app.routing.jsonschema import validate
+from app.routing.schema_check import schema_mismatch
 
 _REFUSAL_MAX_CHARS = 400
 _REFUSAL = re.compile(
@@ -72,7 +72,7 @@ def verify(req: ChatRequest, resp: ChatResponse) -> str | None:
         return "truncated_structured_output" if resp.stop_reason == "max_tokens" else "invalid_json"
     if fmt.type == "json_object":
         return None if isinstance(document, dict) else "schema_mismatch"
-    if fmt.schema is not None and validate(document, fmt.schema) is not None:
+    if fmt.schema is not None and schema_mismatch(document, fmt.schema) is not None:
         return "schema_mismatch"
     return None
 
@@ -86,4 +86,4 @@ def mismatch_detail(req: ChatRequest, resp: ChatResponse) -> str | None:
         document = orjson.loads(_text_of(resp))
     except orjson.JSONDecodeError:
         return None
-    return validate(document, fmt.schema)
+    return schema_mismatch(document, fmt.schema)

@@ -12,15 +12,20 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
 
-if TYPE_CHECKING:
-    from app.simulator.state import SimulatorState
-
 Scope = dict[str, Any]
 Message = dict[str, Any]
+
+
+class SimulatorSink(Protocol):
+    """What the HTTP layer needs of the simulator's state: counters and the request log."""
+
+    stats: Any
+
+    def record(self, request: SimRequest) -> None: ...
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -175,7 +180,7 @@ class StreamPlan:
 class SSEReply:
     __slots__ = ("headers", "plan", "state")
 
-    def __init__(self, plan: StreamPlan, state: SimulatorState, headers: list[tuple[bytes, bytes]]):
+    def __init__(self, plan: StreamPlan, state: SimulatorSink, headers: list[tuple[bytes, bytes]]):
         self.plan = plan
         self.state = state
         self.headers = headers
@@ -265,7 +270,7 @@ class Endpoint:
 
     __slots__ = ("handler", "record", "state")
 
-    def __init__(self, handler: Handler, state: SimulatorState, record: bool = True) -> None:
+    def __init__(self, handler: Handler, state: SimulatorSink, record: bool = True) -> None:
         self.handler = handler
         self.state = state
         self.record = record

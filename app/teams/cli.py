@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.auth.records import KeyRecord, TeamRecord
 from app.db.cli import add_database_url_option, fail, run_with_engine
 from app.db.migrate import SchemaNotMigrated
-from app.teams.records import KeyRecord, TeamRecord
 from app.teams.schemas import KeyCreate, LimitsIn, PolicyIn, TeamCreate
 from app.teams.store import StoreError, TeamStore
 

@@ -19,14 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.auth.keys import generate_key, hash_key, key_prefix
 from app.auth.principal import Limits, TeamPolicy
-from app.db.tables import api_keys, teams
-from app.teams.records import (
+from app.auth.records import (
     CreatedKey,
     KeyRecord,
     TeamRecord,
     limits_to_json,
     policy_to_json,
 )
+from app.db.tables import api_keys, teams
 
 
 class StoreError(Exception):

@@ -37,7 +37,7 @@ from app.db.engine import create_engine
 from app.db.migrate import upgrade
 from app.db.tables import USAGE_COLUMNS, usage_events
 from app.ledger.events import UsageEvent
-from app.teams.records import TeamRecord
+from app.auth.records import TeamRecord
 from app.teams.store import TeamStore
 from tests.conftest import IN_CI
 from tests.gateway import Gateway, run_gateway

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from app.domain import ChatRequest, ChatResponse, Message, ResponseFormat, Usage
-from app.routing.jsonschema import validate
+from app.routing.schema_check import schema_mismatch as validate
 from app.routing.verify import verify
 
 SCHEMA: dict[str, Any] = {
@@ -172,7 +172,7 @@ def test_refs_and_any_of() -> None:
         },
     }
     assert validate({"lines": [{"qty": 1}], "note": None}, schema) is None
-    assert validate({"lines": [{"qty": "1"}]}, schema) == "$.lines[0].qty: expected integer"
+    assert validate({"lines": [{"qty": "1"}]}, schema) == "$.lines[0].qty: '1' is not of type 'integer'"
     assert validate({"note": 3}, schema) is not None
 
 
@@ -184,5 +184,15 @@ def test_additional_properties_schema_and_array_bounds() -> None:
     assert validate([1, 2, 3], {"type": "array", "maxItems": 2}) is not None
 
 
-def test_unknown_keywords_are_ignored() -> None:
-    assert validate("abc", {"type": "string", "pattern": "^z", "format": "email"}) is None
+def test_the_whole_standard_is_checked_pattern_bounds_and_formats() -> None:
+    assert validate("abc", {"type": "string", "pattern": "^z"}) is not None
+    assert validate("zebra", {"type": "string", "pattern": "^z"}) is None
+    assert validate(-1, {"type": "number", "minimum": 0}) is not None
+    assert validate("not an email", {"type": "string", "format": "email"}) is not None
+    assert validate("a@example.com", {"type": "string", "format": "email"}) is None
+    assert validate("2026-13-45", {"type": "string", "format": "date"}) is not None
+
+
+def test_an_invalid_schema_never_fails_an_answer() -> None:
+    assert validate({"a": 1}, {"type": "no-such-type"}) is None
+    assert validate({"a": 1}, {"minimum": "zero"}) is None
