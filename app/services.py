@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keystore import KeyStore
 from app.auth.principal import Principal
+from app.auth.throttle import FailedAuthThrottle
 from app.bookkeeping import Bookkeeper
 from app.budgets.limiter import Limiter, create_limiter
 from app.budgets.redis_store import connect_budget_redis
@@ -56,6 +57,7 @@ class Services:
     redis: Redis | RedisCluster | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     budget_shares: BudgetShares = field(default_factory=BudgetShares)
+    auth_throttle: FailedAuthThrottle = field(default_factory=FailedAuthThrottle)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

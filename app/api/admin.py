@@ -30,6 +30,7 @@ from app.auth.keystore import KeyStoreUnavailable
 from app.auth.principal import Limits
 from app.auth.records import KeyRecord
 from app.db.engine import is_unavailable
+from app.errors import retry_after_value
 from app.ledger.reports import GROUP_BY_CHOICES, BadRange, GroupBy, parse_range, usage_report
 from app.teams.schemas import KeyCreate, KeyUpdate, PolicyIn, TeamCreate, TeamUpdate
 from app.teams.store import Conflict, NotFound
@@ -53,12 +54,21 @@ _ERROR_TYPES = {
 class ApiError(Exception):
     """An error a client sees, in the OpenAI envelope."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers or {}
 
     def response(self) -> Response:
         body = {
@@ -69,8 +79,8 @@ class ApiError(Exception):
                 "code": self.code,
             }
         }
-        headers = {"www-authenticate": "Bearer"} if self.status == 401 else None
-        return json_response(body, self.status, headers=headers)
+        headers = {"www-authenticate": "Bearer"} if self.status == 401 else {}
+        return json_response(body, self.status, headers={**headers, **self.headers})
 
 
 def json_response(body: Any, status: int = 200, *, headers: dict[str, str] | None = None) -> Response:
@@ -135,11 +145,22 @@ async def require_admin(request: Request) -> Any:
             "the admin API is disabled: set TOLLWAY_ADMIN_KEY to an admin key and restart Tollway",
             code="admin_disabled",
         )
+    address = request.client.host if request.client else None
+    wait = services.auth_throttle.retry_after(address)
+    if wait is not None:
+        raise ApiError(
+            429,
+            "too many failed admin sign-ins from this address; retry later",
+            code="rate_limit_exceeded",
+            headers={"retry-after": retry_after_value(wait)},
+        )
     token = presented_key(request)
     if token is None:
         raise ApiError(401, "missing admin key: send 'Authorization: Bearer <admin key>' or 'x-api-key'")
     if hmac.compare_digest(token.encode(), admin_key.encode()):
+        services.auth_throttle.succeeded(address)
         return services
+    services.auth_throttle.failed(address)
     if await services.keys.lookup(token) is not None:
         raise ApiError(403, "this is a team key; the admin API needs the admin key", code="not_admin")
     raise ApiError(401, "invalid admin key", code="invalid_api_key")

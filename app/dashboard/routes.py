@@ -33,6 +33,7 @@ from app.dashboard.session import (
     verify_token,
 )
 from app.dashboard.summary import DEFAULT_RANGE, RANGES, build_summary
+from app.errors import retry_after_value
 
 router = APIRouter(include_in_schema=False)
 
@@ -177,9 +178,18 @@ async def login(request: Request) -> Response:
         body += chunk
         if len(body) > MAX_LOGIN_BODY_BYTES:
             return _login_page(413, "The form is too large.")
+    throttle = request.app.state.services.auth_throttle
+    address = request.client.host if request.client else None
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        page = _login_page(429, "Too many failed sign-ins from this address. Try again later.")
+        page.headers["retry-after"] = retry_after_value(wait)
+        return page
     presented = parse_qs(body.decode("utf-8", errors="replace")).get("admin_key", [""])[0]
     if not presented or not check_admin_key(presented, admin_key):
+        throttle.failed(address)
         return _login_page(401, "That is not the admin key.")
+    throttle.succeeded(address)
     response = _redirect("/dashboard")
     response.set_cookie(
         COOKIE_NAME,

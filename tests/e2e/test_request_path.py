@@ -232,3 +232,18 @@ def test_retry_after_from_the_upstream_never_breaks_a_request(gateway: Gateway, 
     retry_after = response.headers.get("retry-after")
     assert retry_after is None or 1 <= int(retry_after) <= 86_400
     assert response.json()["error"]["type"] in ("rate_limit_exceeded", "server_error")
+
+
+def test_wrong_admin_keys_are_throttled_per_address(tmp_path: Path) -> None:
+    with run_gateway(tmp_path) as gw:
+        statuses = [
+            httpx.get(f"{gw.url}/admin/teams", headers={"authorization": f"Bearer wrong-{i}"}, timeout=10).status_code
+            for i in range(15)
+        ]
+        assert statuses[:10] == [401] * 10
+        assert set(statuses[10:]) == {429}
+        refused = httpx.get(f"{gw.url}/admin/teams", headers={"authorization": f"Bearer {gw.admin_key}"}, timeout=10)
+        assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
+        form = {"admin_key": "still-wrong"}
+        login = httpx.post(f"{gw.url}/dashboard/login", data=form, timeout=10)
+        assert login.status_code == 429
