@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api import admin, me
 from app.auth.keystore import KeyStore, KeyStoreUnavailable
+from app.auth.throttle import FailedAuthThrottle
 from app.auth.principal import Limits, Principal
 from app.config import Settings, load_catalog
 from app.db.engine import create_engine
@@ -105,6 +106,8 @@ async def make_admin(url: str, tmp_path: Path, *, admin_key: str | None = ADMIN_
         keys=KeyStore(engine, ttl_s=2.0),
         recorder=Recorder(engine, spool=DiskSpool(tmp_path / "spool")),
         limiter=BudgetsSeen(),
+        # The suite makes many wrong-key calls from one address on purpose; the throttle is tested alone.
+        auth_throttle=FailedAuthThrottle(max_failures=1_000_000),
     )
     app = FastAPI()
     app.include_router(admin.router)
