@@ -15,13 +15,18 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/tollway
 
+# Dependencies from the hash-pinned runtime lock (pip-compile), never re-resolved at build time;
+# then the package itself with --no-deps, so nothing newer than the lock can slip in.
+COPY requirements/runtime.lock ./requirements/runtime.lock
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
+
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY migrations ./migrations
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # `tollway db upgrade` looks for migrations/ next to the installed app/ package: copy it there
 # unless the distribution already ships it.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
  && purelib="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && if [ ! -f "${purelib}/migrations/env.py" ]; then cp -r migrations "${purelib}/migrations"; fi
 

@@ -43,8 +43,11 @@ bench: install
 bench-smoke: install
 	$(BIN)/python -m bench.run --smoke
 
-# Recompile the hash-pinned lock (no index URLs are written into it).
+# Recompile the hash-pinned locks (no index URLs are written into them): runtime.lock installs the
+# Docker image, dev.lock (runtime + dev tools) the development venv and CI.
 lock:
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --strip-extras -o requirements/runtime.lock pyproject.toml
 	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
 	  --extra dev --strip-extras -o requirements/dev.lock pyproject.toml
 

@@ -335,3 +335,25 @@ def test_service_hpa_pdb_and_job_point_at_the_gateway() -> None:
     assert migrate["args"] == ["tollway", "db", "upgrade"]
     assert migrate["image"] == container["image"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_the_image_installs_its_dependencies_from_the_hash_pinned_runtime_lock_only() -> None:
+    runs = [a for k, a in dockerfile_instructions() if k == "RUN" and "pip install" in a]
+    locked = [a for a in runs if "-r requirements/runtime.lock" in a]
+    assert locked and all("--require-hashes" in a for a in locked), "dependencies come from the lock, hashes checked"
+    for a in runs:
+        if a not in locked:
+            assert "--no-deps" in a, f"a pip install outside the lock must not resolve dependencies: {a}"
+
+
+def test_locks_pin_every_requirement_by_hash_and_name_no_index() -> None:
+    for name in ("runtime.lock", "dev.lock"):
+        text = (REPO / "requirements" / name).read_text()
+        assert "://" not in text, f"{name} names a URL (index or find-links)"
+        pins = re.findall(r"^([A-Za-z0-9_.\-]+)==\S+ \\$", text, flags=re.M)
+        assert pins, f"{name} pins nothing"
+        blocks = re.split(r"^(?=[A-Za-z0-9_.\-]+==)", text, flags=re.M)[1:]
+        assert all("--hash=sha256:" in block for block in blocks), f"{name}: a pin without a hash"
+    runtime = (REPO / "requirements" / "runtime.lock").read_text().lower()
+    for dev_only in ("httpx==", "pytest==", "mypy==", "hypothesis==", "scikit-learn=="):
+        assert dev_only not in runtime, f"{dev_only[:-2]} is a development tool, not a runtime dependency"
