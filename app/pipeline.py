@@ -44,8 +44,8 @@ from app.services import Services
 from app.tokens import estimate_tokens
 from app.wire import anthropic as anthropic_wire
 from app.wire.accumulate import StreamTracker
-from app.wire.errors import kind_from_anthropic_type, sse_error_event
-from app.wire.openai import client as openai_wire
+from app.wire.codec import codec_for
+from app.wire.errors import kind_from_anthropic_type
 
 log = logging.getLogger("tollway.pipeline")
 
@@ -209,11 +209,7 @@ class Pipeline:
         assert ctx.chat is not None
         answer.model = ctx.served_model or answer.model
         same_format = self._same_format(ctx)
-        body = (
-            anthropic_wire.encode_response(answer, same_format=same_format)
-            if ctx.client_format == "anthropic"
-            else openai_wire.encode_response(answer)
-        )
+        body = codec_for(ctx.client_format).encode_response(answer, ctx.chat, same_format=same_format)
         if self._cacheable(ctx):
             self._spawn(self.s.response_cache.put(ctx.response_cache_key or "", encode_response(answer)))
         usage = self._total_usage(ctx)
@@ -241,11 +237,8 @@ class Pipeline:
             self.finish_later, ctx, status=200, usage=Usage(), stop_reason=answer.stop_reason, cache_hit=True
         )
         if not ctx.chat.stream:
-            body = (
-                anthropic_wire.encode_response(answer, same_format=self._same_format(ctx))
-                if ctx.client_format == "anthropic"
-                else openai_wire.encode_response(answer)
-            )
+            codec = codec_for(ctx.client_format)
+            body = codec.encode_response(answer, ctx.chat, same_format=self._same_format(ctx))
             return Response(body, media_type="application/json", headers=headers, background=finish)
         events = anthropic_wire.response_to_events(answer)
         encode = self._event_encoder(ctx)
@@ -293,7 +286,9 @@ class Pipeline:
                         status, error_type = 502, upstream_type or "api_error"
                         kind = kind_from_anthropic_type(upstream_type)
                         parts.append(
-                            sse_error_event(GatewayError(kind, "the upstream provider failed mid-stream"), fmt)
+                            self._stream_error(
+                                GatewayError(kind, "the upstream provider failed mid-stream"), fmt, encode
+                            )
                         )
                         aborted = False
                         yield b"".join(parts)
@@ -309,11 +304,11 @@ class Pipeline:
             aborted = False
             if not tracker.finished:
                 status, error_type = 502, "api_error"
-                yield sse_error_event(GatewayError("api_error", "the upstream stream ended early"), fmt)
+                yield self._stream_error(GatewayError("api_error", "the upstream stream ended early"), fmt, encode)
         except UpstreamError as err:
             aborted = False
             status, error_type = 502, err.kind
-            yield sse_error_event(GatewayError(err.kind, err.message), fmt)  # type: ignore[arg-type]
+            yield self._stream_error(GatewayError(err.kind, err.message), fmt, encode)  # type: ignore[arg-type]
         finally:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
@@ -451,11 +446,13 @@ class Pipeline:
         return provider is not None and self.s.catalog.providers[provider].kind == ctx.client_format
 
     def _event_encoder(self, ctx: RequestContext) -> Any:
-        if ctx.client_format == "anthropic":
-            return anthropic_wire.encode_event
         assert ctx.chat is not None
         model = ctx.served_model or (ctx.plan.candidates[0].name if ctx.plan else ctx.chat.model)
-        return openai_wire.ChunkEncoder(include_usage=ctx.chat.include_usage, model=model).encode
+        return codec_for(ctx.client_format).stream_encoder(ctx.chat, model)
+
+    @staticmethod
+    def _stream_error(err: GatewayError, fmt: ClientFormat, encode: Any) -> bytes:
+        return codec_for(fmt).stream_error(err, encode)
 
     def _total_usage(self, ctx: RequestContext) -> Usage:
         total = Usage()
@@ -520,13 +517,7 @@ async def read_json_body(request: Request, limit: int) -> Any:
 
 
 def parse_chat(fmt: ClientFormat, body: Any, request: Request) -> ChatRequest:
-    if fmt == "anthropic":
-        return anthropic_wire.parse_request(
-            body,
-            anthropic_version=request.headers.get("anthropic-version"),
-            anthropic_beta=request.headers.get("anthropic-beta"),
-        )
-    return openai_wire.parse_request(body)
+    return codec_for(fmt).parse_request(body, request.headers)
 
 
 def copy_for_breakpoints(req: ChatRequest) -> ChatRequest:

@@ -1,4 +1,4 @@
-"""The chat endpoints: Anthropic ``/v1/messages`` and OpenAI ``/v1/chat/completions``.
+"""The chat endpoints: Anthropic ``/v1/messages``, OpenAI ``/v1/chat/completions`` and ``/v1/responses``.
 
 Plain Starlette endpoints (no per-request dependency solving): each hands the request to the
 pipeline with its client format. ``count_tokens`` answers without calling a model.
@@ -28,6 +28,10 @@ async def messages(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     return await _pipeline(request).handle(request, "openai")
+
+
+async def responses(request: Request) -> Response:
+    return await _pipeline(request).handle(request, "responses")
 
 
 async def count_tokens(request: Request) -> Response:

@@ -14,6 +14,7 @@ from app.domain import ChatRequest, ChatResponse, ClientFormat, StreamEvent
 from app.errors import GatewayError
 from app.wire import anthropic, errors
 from app.wire.openai import client as openai_client
+from app.wire.responses import ResponsesCodec
 
 EventEncoder = Callable[[StreamEvent], bytes]
 
@@ -39,8 +40,9 @@ class ClientCodec(Protocol):
         """The client's JSON error body."""
         ...
 
-    def stream_error(self, err: GatewayError) -> bytes:
-        """The client's in-stream error event, once a stream has started."""
+    def stream_error(self, err: GatewayError, encoder: EventEncoder | None = None) -> bytes:
+        """The client's in-stream error event, once a stream has started; given the stream's encoder,
+        a stateful format (Responses: sequence numbers, ``response.failed``) continues its sequence."""
         ...
 
 
@@ -64,7 +66,7 @@ class AnthropicCodec:
     def error_body(self, err: GatewayError, request_id: str | None) -> bytes:
         return errors.encode_error(err, self.name, request_id)
 
-    def stream_error(self, err: GatewayError) -> bytes:
+    def stream_error(self, err: GatewayError, encoder: EventEncoder | None = None) -> bytes:
         return errors.sse_error_event(err, self.name)
 
 
@@ -84,13 +86,14 @@ class OpenAIChatCodec:
     def error_body(self, err: GatewayError, request_id: str | None) -> bytes:
         return errors.encode_error(err, self.name, request_id)
 
-    def stream_error(self, err: GatewayError) -> bytes:
+    def stream_error(self, err: GatewayError, encoder: EventEncoder | None = None) -> bytes:
         return errors.sse_error_event(err, self.name)
 
 
 CODECS: dict[str, ClientCodec] = {
     "anthropic": AnthropicCodec(),
     "openai": OpenAIChatCodec(),
+    "responses": ResponsesCodec(),
 }
 
 
