@@ -290,3 +290,30 @@ def test_ledger_and_metrics_record_the_responses_format(gateway: Gateway, stream
     assert row["output_tokens"] == usage["output_tokens"] and float(row["cost_usd"]) > 0
     metrics = httpx.get(gateway.url + "/metrics").text
     assert any('api="responses"' in line and line.startswith("tollway_requests") for line in metrics.splitlines())
+
+
+def test_upstream_failure_mid_stream_is_response_failed_then_error(gateway: Gateway) -> None:
+    body = {"model": "claude-haiku-5-5", "input": "Hi", "stream": True}
+    headers = {"authorization": f"Bearer {gateway.team_key}", "x-sim-stream-error-after": "3"}
+    with httpx.stream("POST", gateway.url + "/v1/responses", json=body, headers=headers, timeout=30) as r:
+        raw = r.read().decode()
+    events = [json.loads(b.split("\n")[1].removeprefix("data: ")) for b in raw.split("\n\n") if b.startswith("event:")]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    failed, error = events[-2:]
+    assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
+    assert failed["response"]["error"]["code"] == "server_error"
+    assert failed["response"]["output"][0]["content"][0]["text"]  # what was streamed before the failure
+    assert error["type"] == "error" and error["message"] == "the upstream provider failed mid-stream"
+    # The SDK surfaces it as an exception instead of a silently short answer.
+    client = openai_client(gateway, default_headers={"x-sim-stream-error-after": "3"})
+    with pytest.raises(openai.APIError, match="failed mid-stream"):
+        with client.responses.stream(model="claude-haiku-5-5", input="Hi") as stream:
+            list(stream)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_refusal_is_incomplete_with_content_filter(gateway: Gateway, model: str) -> None:
+    client = openai_client(gateway, default_headers={"x-sim-refuse": "true"})
+    resp = client.responses.create(model=model, input="Something bad")
+    assert resp.status == "incomplete"
+    assert resp.incomplete_details is not None and resp.incomplete_details.reason == "content_filter"

@@ -176,7 +176,8 @@ def test_error_mid_stream_sends_response_failed_then_error() -> None:
     failed, error = parsed[-2], parsed[-1]
     assert failed.type == "response.failed" and failed.response.status == "failed"
     assert failed.response.error.code == "server_error" and failed.response.error.message == "busy"
-    assert failed.response.output[0].content[0].type == "output_text"
+    (item,) = failed.response.output
+    assert item.status == "incomplete" and item.content[0].text == "partial"  # what the client was sent
     assert error.type == "error" and error.message == "busy" and error.code == "overloaded"
     assert encode(StreamEvent("message_stop", {"type": "message_stop"})) == b""  # nothing after the failure
 

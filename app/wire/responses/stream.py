@@ -212,7 +212,21 @@ class ResponsesStreamEncoder:
         if self.finished:
             return b""
         self.finished = True
+        self._keep_partial_output()
         out = b""
         if self.started:
             out = self._event("response.failed", {"response": self._response("failed", error=responses_failure(err))})
         return out + self._event("error", responses_error_fields(err))
+
+    def _keep_partial_output(self) -> None:
+        """Write what the unfinished blocks received into their items, so the failed response holds
+        everything the client was sent; those items are marked incomplete."""
+        for block in self._blocks.values():
+            item = self.output[block.output_index]
+            if block.kind == "text":
+                item["content"][block.content_index]["text"] = "".join(block.parts)
+            else:
+                item["arguments"] = "".join(block.parts)
+            item["status"] = "incomplete"
+        if self._open_message is not None:
+            self.output[self._open_message]["status"] = "incomplete"
