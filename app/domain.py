@@ -12,6 +12,7 @@ the two formats: everything OpenAI can express maps onto it, and blocks Tollway 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -136,3 +137,7 @@ class StreamEvent:
     type: str
     data: dict[str, Any]
     raw: bytes | None = None
+
+
+# Canonical events → one client format's SSE bytes (b"" to send nothing for an event).
+EventEncoder = Callable[[StreamEvent], bytes]

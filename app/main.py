@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.router.add_route("/v1/messages/count_tokens", chat.count_tokens, methods=["POST"])
     for path in ("/v1/chat/completions", "/chat/completions"):
         app.router.add_route(path, chat.chat_completions, methods=["POST"])
+    for path in ("/v1/responses", "/responses"):
+        app.router.add_route(path, chat.responses, methods=["POST"])
     app.router.add_route("/v1/models", models.list_models, methods=["GET"])
     app.router.add_route("/v1/models/{model_id:path}", models.get_model, methods=["GET"])
     app.router.add_route("/v1/routing/explain", routing.explain, methods=["POST"])
@@ -113,8 +115,10 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             413: "request_too_large",
         }.get(exc.status_code, "invalid_request")
         message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+        # A path that does not exist is not a missing model: OpenAI's default 404 code would say so.
         code = "not_found" if exc.status_code == 404 else None
-        return error_response(GatewayError(kind, message, status=exc.status_code, code=code), fmt)  # type: ignore[arg-type]
+        error = GatewayError(kind, message, status=exc.status_code, code=code)  # type: ignore[arg-type]
+        return error_response(error, fmt)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -92,6 +92,34 @@ _CHAT_REQUEST = {
         "response_format": {"type": "object"},
     },
 }
+_RESPONSES_REQUEST = {
+    "type": "object",
+    "required": ["model", "input"],
+    "additionalProperties": False,
+    "description": "OpenAI Responses request, stateless: send the whole conversation in `input`. "
+    "`previous_response_id`, `conversation`, `prompt`, `background`, built-in tools and logprobs are "
+    "refused with a 400; `store`, `include`, `reasoning`, `truncation`, `service_tier`, `prompt_cache_key`, "
+    "`prompt_cache_retention`, `stream_options` and `max_tool_calls` are accepted and ignored "
+    "(docs/responses.md). Any other unknown field is a 400.",
+    "properties": {
+        "model": {"type": "string"},
+        "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+        "instructions": {"type": "string"},
+        "tools": {"type": "array", "items": {"type": "object", "properties": {"type": {"const": "function"}}}},
+        "tool_choice": {"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {"type": "object"}]},
+        "parallel_tool_calls": {"type": "boolean"},
+        "text": {"type": "object", "properties": {"format": {"type": "object"}}},
+        "max_output_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number"},
+        "top_p": {"type": "number"},
+        "stream": {"type": "boolean"},
+        "metadata": {"type": "object"},
+        "user": {"type": "string"},
+        "safety_identifier": {"type": "string"},
+        "store": {"type": "boolean"},
+        "reasoning": {"type": "object"},
+    },
+}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +185,20 @@ CORE_PATHS: dict[str, Any] = {
             "responses": {
                 "200": {
                     "description": "A chat completion, or an SSE stream of chunks ending in [DONE]",
+                    "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
+                },
+                **_errors(_ERROR_OPENAI, *_CHAT_ERRORS),
+            },
+        }
+    },
+    "/v1/responses": {
+        "post": {
+            "summary": "OpenAI Responses (JSON, or SSE of response.* events when stream=true); stateless",
+            "operationId": "createResponse",
+            "requestBody": {"required": True, "content": _json(_RESPONSES_REQUEST)},
+            "responses": {
+                "200": {
+                    "description": "A response object, or an SSE stream from response.created to response.completed",
                     "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
                 },
                 **_errors(_ERROR_OPENAI, *_CHAT_ERRORS),
@@ -234,7 +276,7 @@ CORE_PATHS: dict[str, Any] = {
 }
 
 # Forgiving aliases (SDK base_url mistakes) that are deliberately not documented as endpoints.
-UNDOCUMENTED = {"/v1/v1/messages", "/chat/completions", "/simulator"}
+UNDOCUMENTED = {"/v1/v1/messages", "/chat/completions", "/responses", "/simulator"}
 
 
 def build_spec(app: FastAPI) -> dict[str, Any]:
@@ -247,7 +289,8 @@ def build_spec(app: FastAPI) -> dict[str, Any]:
         "info": {
             "title": "Tollway",
             "version": __version__,
-            "description": "LLM gateway: Anthropic Messages and OpenAI Chat Completions with team budgets, "
+            "description": "LLM gateway: Anthropic Messages, OpenAI Chat Completions and OpenAI Responses "
+            "with team budgets, "
             "cheapest-adequate routing, prompt caching and a usage ledger.",
         },
         "paths": dict(sorted(paths.items())),

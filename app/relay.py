@@ -127,7 +127,7 @@ class Relay:
         stop_reason = self.tracker.stop_reason
         kind = error_type or err.kind
         self.ending = Ending(status=status, usage=self.ending.usage, stop_reason=stop_reason, error_type=kind)
-        return self.codec.stream_error(err)
+        return self.codec.stream_error(err, self.encode)
 
     def _done(self) -> None:
         self.ending = Ending(status=200, usage=self.ending.usage, stop_reason=self.tracker.stop_reason)

@@ -13,7 +13,7 @@ class UsageEvent:
     request_id: str  # unique: the id the response carried in its header
     team_id: str | None
     key_id: str | None
-    client_format: str  # "anthropic" | "openai"
+    client_format: str  # "anthropic" | "openai" | "responses"
     requested_model: str
     served_model: str | None = None
     provider: str | None = None

@@ -180,7 +180,7 @@ def build_request(req: ChatRequest, upstream_model: str, *, stream: bool) -> dic
         value = getattr(req, name)
         if value is not None:
             body[name] = value
-    if req.client_format == "openai" and req.temperature is not None and req.temperature > 1:
+    if req.client_format in ("openai", "responses") and req.temperature is not None and req.temperature > 1:
         body["temperature"] = 1.0  # OpenAI's range is 0–2, Anthropic's 0–1: clamp rather than a 400
     if req.tools:
         body["tools"] = [_tool_json(t) for t in req.tools]

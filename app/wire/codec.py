@@ -7,15 +7,14 @@ pure (bytes and canonical types in, bytes out) and know nothing of the web frame
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
-from app.domain import ChatRequest, ChatResponse, ClientFormat, StreamEvent
+from app.domain import ChatRequest, ChatResponse, ClientFormat, EventEncoder
 from app.errors import GatewayError
 from app.wire import anthropic, errors
 from app.wire.openai import client as openai_client
-
-EventEncoder = Callable[[StreamEvent], bytes]
+from app.wire.responses import ResponsesCodec
 
 
 class ClientCodec(Protocol):
@@ -39,8 +38,9 @@ class ClientCodec(Protocol):
         """The client's JSON error body."""
         ...
 
-    def stream_error(self, err: GatewayError) -> bytes:
-        """The client's in-stream error event, once a stream has started."""
+    def stream_error(self, err: GatewayError, encoder: EventEncoder | None = None) -> bytes:
+        """The client's in-stream error event, once a stream has started; given the stream's encoder,
+        a stateful format (Responses: sequence numbers, ``response.failed``) continues its sequence."""
         ...
 
 
@@ -64,7 +64,7 @@ class AnthropicCodec:
     def error_body(self, err: GatewayError, request_id: str | None) -> bytes:
         return errors.encode_error(err, self.name, request_id)
 
-    def stream_error(self, err: GatewayError) -> bytes:
+    def stream_error(self, err: GatewayError, encoder: EventEncoder | None = None) -> bytes:
         return errors.sse_error_event(err, self.name)
 
 
@@ -84,13 +84,14 @@ class OpenAIChatCodec:
     def error_body(self, err: GatewayError, request_id: str | None) -> bytes:
         return errors.encode_error(err, self.name, request_id)
 
-    def stream_error(self, err: GatewayError) -> bytes:
+    def stream_error(self, err: GatewayError, encoder: EventEncoder | None = None) -> bytes:
         return errors.sse_error_event(err, self.name)
 
 
 CODECS: dict[str, ClientCodec] = {
     "anthropic": AnthropicCodec(),
     "openai": OpenAIChatCodec(),
+    "responses": ResponsesCodec(),
 }
 
 

@@ -33,7 +33,9 @@ _OPENAI_TYPES: dict[str, tuple[str, str | None]] = {
     "unavailable": ("server_error", "service_unavailable"),
 }
 
+
 def error_body(err: GatewayError, fmt: ClientFormat, request_id: str | None = None) -> dict[str, object]:
+    """Anthropic's envelope, or OpenAI's (shared by Chat Completions and Responses)."""
     if fmt == "anthropic":
         body: dict[str, object] = {
             "type": "error",
@@ -58,7 +60,26 @@ def sse_error_event(err: GatewayError, fmt: ClientFormat) -> bytes:
     if fmt == "anthropic":
         data = orjson.dumps(error_body(err, "anthropic"))
         return b"event: error\ndata: " + data + b"\n\n"
+    if fmt == "responses":
+        # Without the stream's encoder the position is unknown: this is for a stream with no event yet.
+        # Mid-stream, ResponsesStreamEncoder.error numbers it and sends response.failed first.
+        data = orjson.dumps({"type": "error", "sequence_number": 0, **responses_error_fields(err)})
+        return b"event: error\ndata: " + data + b"\n\n"
     return b"data: " + orjson.dumps(error_body(err, "openai")) + b"\n\n"
+
+
+def responses_error_fields(err: GatewayError) -> dict[str, object]:
+    """A Responses ``error`` event's fields (the SDK's ``ResponseErrorEvent``), with the Chat
+    Completions ``error`` object beside them so the openai SDKs raise it as an APIError."""
+    inner = error_body(err, "openai")["error"]
+    assert isinstance(inner, dict)
+    return {"code": inner["code"] or inner["type"], "message": err.message, "param": err.param, "error": inner}
+
+
+def responses_failure(err: GatewayError) -> dict[str, object]:
+    """``Response.error`` of a failed response; the SDK allows only a fixed set of codes."""
+    code = "rate_limit_exceeded" if err.kind == "rate_limit" else "server_error"
+    return {"code": code, "message": err.message}
 
 
 def kind_from_anthropic_type(error_type: str | None) -> ErrorKind:

@@ -31,13 +31,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.principal import Limits
+from app.auth.records import TeamRecord
 from app.dashboard.session import COOKIE_NAME, SESSION_TTL, issue_token, verify_token
 from app.dashboard.summary import RANGES, build_summary, window_for
 from app.db.engine import create_engine
 from app.db.migrate import upgrade
 from app.db.tables import USAGE_COLUMNS, usage_events
 from app.ledger.events import UsageEvent
-from app.auth.records import TeamRecord
 from app.teams.store import TeamStore
 from tests.conftest import IN_CI
 from tests.gateway import Gateway, run_gateway

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api import admin, me
 from app.auth.keystore import KeyStore, KeyStoreUnavailable
-from app.auth.throttle import FailedAuthThrottle
 from app.auth.principal import Limits, Principal
+from app.auth.throttle import FailedAuthThrottle
 from app.config import Settings, load_catalog
 from app.db.engine import create_engine
 from app.db.migrate import upgrade

@@ -45,7 +45,7 @@ FINISH_FROM_STOP = {
 # ---- client side: OpenAI request → canonical ----------------------------------------------------------
 
 
-def _data_url_source(url: str) -> dict[str, Any]:
+def data_url_source(url: str) -> dict[str, Any]:
     if url.startswith("data:"):
         header, _, data = url.partition(",")
         media_type = header[5:].split(";")[0] or "application/octet-stream"
@@ -74,11 +74,11 @@ def _user_parts(content: Any, where: str) -> list[Block]:
             url = image.get("url") if isinstance(image, dict) else None
             if not isinstance(url, str):
                 raise invalid(f"{where}[{i}].image_url.url: must be a string", where)
-            blocks.append({"type": "image", "source": _data_url_source(url)})
+            blocks.append({"type": "image", "source": data_url_source(url)})
         elif ptype == "file":
             file: dict[str, Any] = part["file"] if isinstance(part.get("file"), dict) else {}
             if isinstance(file.get("file_data"), str):
-                source = _data_url_source(file["file_data"])
+                source = data_url_source(file["file_data"])
             elif isinstance(file.get("file_id"), str):
                 source = {"type": "file", "file_id": file["file_id"]}
             else:

@@ -151,7 +151,7 @@ def build_request(
             if rf.strict is not None:
                 spec["strict"] = rf.strict
             body["response_format"] = {"type": "json_schema", "json_schema": spec}
-    if req.metadata and req.client_format == "openai":
+    if req.metadata and req.client_format in ("openai", "responses"):
         body["metadata"] = {k: v for k, v in req.metadata.items() if k != "user_id"} or None
         if body["metadata"] is None:
             del body["metadata"]
