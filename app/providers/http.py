@@ -7,8 +7,9 @@ resolved once). aiohttp's parser refuses oversized or too many header lines, mal
 a second response spliced after the first (the connection is then not reused). On top of it, this
 module bounds the body — ``max_response_bytes`` for an answer, ``max_stream_bytes`` for a stream,
 ``max_event_bytes`` per SSE event, ``max_decompression_ratio`` for compressed bodies — reading it
-incrementally and stopping (and dropping the connection) as soon as a bound is passed, so a gzip bomb
-is never inflated and no single response holds the event loop for long. Time is bounded too:
+incrementally (``app.providers.body``, which also inflates in bounded steps) and stopping, dropping
+the connection, as soon as a bound is passed: a gzip bomb is never inflated and no single response
+holds the event loop for long. Time is bounded too:
 ``response_timeout_s`` for a whole answer (and a stream's head), ``event_timeout_s`` between the
 events of a stream, ``read_timeout_s`` between any two reads. Closing a streamed response closes its
 connection, which is how a client disconnect cancels the upstream request.
@@ -31,6 +32,7 @@ import orjson
 from app.config import ProviderConfig
 from app.domain import StreamEvent
 from app.providers.base import UpstreamError
+from app.providers.body import BoundedBody, malformed, read_body
 from app.providers.retry_after import parse_retry_after
 from app.wire.checks import MalformedReply
 from app.wire.sse import SSEError, SSEEvent, SSEParser
@@ -38,7 +40,6 @@ from app.wire.sse import SSEError, SSEEvent, SSEParser
 SIMULATOR_HEADER_PREFIX = "x-sim-"
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 _ERROR_BODY_BYTES = 64 << 10  # of an error reply, only its message is read
-_RATIO_FLOOR = 1 << 20  # decoded bytes below which the decompression ratio is not checked
 
 
 class UpstreamClient:
@@ -67,13 +68,13 @@ class UpstreamClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=cfg.max_connections, keepalive_timeout=30),
                 timeout=self.stream_timeout,
-                auto_decompress=True,
+                auto_decompress=False,  # app.providers.body inflates, in bounded steps
                 raise_for_status=False,
                 # trust_env would re-read ~/.netrc and the proxy variables on every request (measured at
                 # a fifth of the gateway's CPU); the proxy is resolved once, in __init__, instead.
                 trust_env=False,
-                # no Accept-Encoding: provider answers are small, and an unasked-for compressed one is
-                # still decoded (bounded), but not invited
+                # no Accept-Encoding: provider answers are small, and a compressed one is decoded
+                # (bounded) when an upstream sends it unasked, but not invited
                 skip_auto_headers=("Accept-Encoding",),
                 max_line_size=cfg.max_header_line_bytes,
                 max_field_size=cfg.max_header_line_bytes,
@@ -97,50 +98,6 @@ def environment_proxy(url: str) -> str | None:
     if not host or urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
         return None
     return urllib.request.getproxies_environment().get(parts.scheme or "https")
-
-
-def malformed(detail: str | Exception) -> UpstreamError:
-    """The error for a reply Tollway will not trust; ``detail`` is Tollway's own words, never the body."""
-    return UpstreamError(502, "api_error", f"the upstream provider sent a malformed reply: {detail}")
-
-
-def too_large(what: str, limit: int) -> UpstreamError:
-    return malformed(f"{what} is larger than the configured limit of {limit} bytes")
-
-
-class BodyBudget:
-    """Counts a body's decoded bytes against a limit and its compression ratio against the cap."""
-
-    __slots__ = ("_content", "_limit", "_ratio", "_what", "received")
-
-    def __init__(self, response: aiohttp.ClientResponse, limit: int, ratio: float, what: str) -> None:
-        declared = response.content_length
-        if declared is not None and declared > limit:
-            raise too_large(what, limit)  # refused before a byte of it is read
-        self._content = response.content
-        self._limit = limit
-        self._ratio = ratio
-        self._what = what
-        self.received = 0
-
-    def add(self, size: int) -> None:
-        self.received += size
-        if self.received > self._limit:
-            raise too_large(self._what, self._limit)
-        if self.received > _RATIO_FLOOR:
-            compressed = getattr(self._content, "total_compressed_bytes", None)
-            if compressed and self.received > compressed * self._ratio:
-                raise malformed(f"{self._what} decompresses more than {self._ratio:g} times its size")
-
-
-async def read_body(response: aiohttp.ClientResponse, limit: int, ratio: float, what: str) -> bytes:
-    """The whole body, read as it arrives, stopping at the first bound passed (UpstreamError)."""
-    budget = BodyBudget(response, limit, ratio, what)
-    parts: list[bytes] = []
-    async for piece in response.content.iter_any():
-        budget.add(len(piece))
-        parts.append(piece)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _upstream_message(body: bytes) -> str | None:
@@ -263,10 +220,9 @@ class SSEUpstreamStream:
         clock = time.monotonic
         last_event = clock()
         try:
-            budget = BodyBudget(self._response, cfg.max_stream_bytes, cfg.max_decompression_ratio, "a stream")
+            body = BoundedBody(self._response, cfg.max_stream_bytes, cfg.max_decompression_ratio, "a stream")
             async for chunk in self._response.content.iter_any():
-                budget.add(len(chunk))
-                items = parser.feed(chunk)
+                items = parser.feed(body.decode(chunk) if body.plain else await body.inflate(chunk))
                 if not items:
                     if clock() - last_event > cfg.event_timeout_s:
                         raise UpstreamError(

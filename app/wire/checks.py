@@ -21,46 +21,54 @@ class MalformedReply(ValueError):
     """An upstream reply or event does not have the shape its wire format promises."""
 
 
-def obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise MalformedReply(f"{where} must be an object")
+def _path(where: str, field: str) -> str:
+    return f"{where}.{field}" if field else where
+
+
+# Each reader takes the value, where it sits (``where``, plus ``field`` when it is a named field: the
+# path is only put together when the check fails, so a passing check allocates nothing).
+
+
+def obj(value: Any, where: str, field: str = "") -> dict[str, Any]:
+    if type(value) is not dict:
+        raise MalformedReply(f"{_path(where, field)} must be an object")
     return value
 
 
-def opt_obj(value: Any, where: str) -> dict[str, Any] | None:
-    return None if value is None else obj(value, where)
+def opt_obj(value: Any, where: str, field: str = "") -> dict[str, Any] | None:
+    return None if value is None else obj(value, where, field)
 
 
-def array(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise MalformedReply(f"{where} must be an array")
+def array(value: Any, where: str, field: str = "") -> list[Any]:
+    if type(value) is not list:
+        raise MalformedReply(f"{_path(where, field)} must be an array")
     return value
 
 
-def opt_array(value: Any, where: str) -> list[Any]:
-    return [] if value is None else array(value, where)
+def opt_array(value: Any, where: str, field: str = "") -> list[Any]:
+    return [] if value is None else array(value, where, field)
 
 
-def string(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise MalformedReply(f"{where} must be a string")
+def string(value: Any, where: str, field: str = "") -> str:
+    if type(value) is not str:
+        raise MalformedReply(f"{_path(where, field)} must be a string")
     return value
 
 
-def opt_string(value: Any, where: str) -> str | None:
-    return None if value is None else string(value, where)
+def opt_string(value: Any, where: str, field: str = "") -> str | None:
+    return None if value is None else string(value, where, field)
 
 
-def count(value: Any, where: str, maximum: int = MAX_TOKEN_COUNT) -> int:
+def count(value: Any, where: str, field: str = "", maximum: int = MAX_TOKEN_COUNT) -> int:
     """A non-negative integer no larger than ``maximum`` (booleans are not integers here)."""
     if type(value) is not int or not 0 <= value <= maximum:
-        raise MalformedReply(f"{where} must be an integer between 0 and {maximum}")
+        raise MalformedReply(f"{_path(where, field)} must be an integer between 0 and {maximum}")
     return value
 
 
-def opt_count(value: Any, where: str, maximum: int = MAX_TOKEN_COUNT) -> int | None:
-    return None if value is None else count(value, where, maximum)
+def opt_count(value: Any, where: str, field: str = "") -> int | None:
+    return None if value is None else count(value, where, field)
 
 
-def index(value: Any, where: str) -> int:
-    return count(value, where, MAX_INDEX)
+def index(value: Any, where: str, field: str = "index") -> int:
+    return count(value, where, field, MAX_INDEX)

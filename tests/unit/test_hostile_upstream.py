@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gzip
 import json
 import struct
 import zlib
@@ -439,6 +440,28 @@ async def test_a_gzip_bomb_is_refused_without_inflating_it(kind: str, stream: bo
     err = await hostile_case(kind, bomb, stream=stream)
     assert err is not None and (err.status, err.kind) == (502, "api_error")
     assert "decompresses more than" in err.message or "larger than" in err.message
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "x-gzip"])
+async def test_an_honest_compressed_answer_unasked_for_is_decoded(kind: str, stream: bool, encoding: str) -> None:
+    async def compressed(_: int, body: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        plain = answer_sse(body, "first") if stream else answer_json(body, "first")
+        packed = zlib.compress(plain) if encoding == "deflate" else gzip.compress(plain)
+        writer.write(response(packed, sse=stream, headers=b"content-encoding: " + encoding.encode() + b"\r\n"))
+        await writer.drain()
+        return True
+
+    await hostile_case(kind, compressed, stream=stream, expect_error=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("encoding", "payload"), [("br", b"\x0b\x02\x80{}\x03"), ("gzip", b"not gzip at all")])
+async def test_an_undecodable_encoding_is_a_malformed_reply(kind: str, encoding: str, payload: bytes) -> None:
+    head = b"content-encoding: " + encoding.encode() + b"\r\n"
+    err = await hostile_case(kind, writes(response(payload, headers=head)), stream=False)
+    assert err is not None and (err.status, err.kind) == (502, "api_error")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -422,6 +422,7 @@ class _CutBody:
 
 class _CutResponse:
     content_length = None
+    headers: dict[str, str] = {}  # noqa: RUF012 - never mutated
 
     def __init__(self, first: bytes) -> None:
         self.content = _CutBody(first)

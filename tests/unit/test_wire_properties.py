@@ -48,7 +48,7 @@ def _parse(stream: bytes, cuts: list[int], max_event_bytes: int = 1 << 20) -> li
     parser = SSEParser(max_event_bytes)
     found = []
     start = 0
-    for cut in sorted(set(cuts)) + [len(stream)]:
+    for cut in [*sorted(set(cuts)), len(stream)]:
         found += parser.feed(stream[start:cut])
         start = cut
     found += parser.close()

@@ -175,13 +175,13 @@ def parse_usage(u: Any, where: str = "usage") -> Usage:
     if u is None:
         return Usage()
     u = obj(u, where)
-    details = opt_obj(u.get("prompt_tokens_details"), f"{where}.prompt_tokens_details") or {}
-    cached = opt_count(details.get("cached_tokens"), f"{where}.prompt_tokens_details.cached_tokens") or 0
-    written = opt_count(details.get("cache_write_tokens"), f"{where}.prompt_tokens_details.cache_write_tokens") or 0
-    prompt = opt_count(u.get("prompt_tokens"), f"{where}.prompt_tokens") or 0
+    details = opt_obj(u.get("prompt_tokens_details"), where, "prompt_tokens_details") or {}
+    cached = opt_count(details.get("cached_tokens"), where, "prompt_tokens_details.cached_tokens") or 0
+    written = opt_count(details.get("cache_write_tokens"), where, "prompt_tokens_details.cache_write_tokens") or 0
+    prompt = opt_count(u.get("prompt_tokens"), where, "prompt_tokens") or 0
     return Usage(
         input_tokens=max(prompt - cached - written, 0),
-        output_tokens=opt_count(u.get("completion_tokens"), f"{where}.completion_tokens") or 0,
+        output_tokens=opt_count(u.get("completion_tokens"), where, "completion_tokens") or 0,
         cache_write_5m_tokens=written,
         cache_read_tokens=cached,
     )
@@ -189,16 +189,16 @@ def parse_usage(u: Any, where: str = "usage") -> Usage:
 
 def _tool_use(call: Any, where: str) -> Block:
     call = obj(call, where)
-    fn = obj(call.get("function"), f"{where}.function")
-    arguments = opt_string(fn.get("arguments"), f"{where}.function.arguments")
+    fn = obj(call.get("function"), where, "function")
+    arguments = opt_string(fn.get("arguments"), where, "function.arguments")
     try:
         args = orjson.loads(arguments or "{}")
     except orjson.JSONDecodeError:
         args = {"_unparsed_arguments": arguments}
     return {
         "type": "tool_use",
-        "id": opt_string(call.get("id"), f"{where}.id"),
-        "name": string(fn.get("name"), f"{where}.function.name"),
+        "id": opt_string(call.get("id"), where, "id"),
+        "name": string(fn.get("name"), where, "function.name"),
         "input": args,
     }
 
@@ -218,8 +218,8 @@ def parse_response(data: Any) -> ChatResponse:
     content: list[Block] = []
     if text or refusal:
         content.append({"type": "text", "text": text or refusal})
-    for i, call in enumerate(opt_array(message.get("tool_calls"), "choices.0.message.tool_calls")):
-        content.append(_tool_use(call, f"choices.0.message.tool_calls.{i}"))
+    for call in opt_array(message.get("tool_calls"), "choices.0.message.tool_calls"):
+        content.append(_tool_use(call, "choices.0.message.tool_calls[]"))
     finish = opt_string(choice.get("finish_reason"), "choices.0.finish_reason")
     created = data.get("created")
     return ChatResponse(
@@ -284,10 +284,10 @@ class ChunkDecoder:
         events: list[StreamEvent] = [] if self.started else self._start(chunk)
         if chunk.get("usage") is not None:
             self.usage = parse_usage(chunk["usage"], "chunk.usage")
-        for i, choice in enumerate(opt_array(chunk.get("choices"), "chunk.choices")):
-            choice = obj(choice, f"chunk.choices.{i}")
-            delta = opt_obj(choice.get("delta"), f"chunk.choices.{i}.delta") or {}
-            text = opt_string(delta.get("content"), f"chunk.choices.{i}.delta.content")
+        for choice in opt_array(chunk.get("choices"), "chunk", "choices"):
+            choice = obj(choice, "chunk.choices[]")
+            delta = opt_obj(choice.get("delta"), "chunk.choices[]", "delta") or {}
+            text = opt_string(delta.get("content"), "chunk.choices[].delta", "content")
             if text:
                 if self.open_kind != "text":
                     events += self._open("text", {"type": "text", "text": ""})
@@ -301,21 +301,21 @@ class ChunkDecoder:
                         },
                     )
                 )
-            for j, call in enumerate(opt_array(delta.get("tool_calls"), f"chunk.choices.{i}.delta.tool_calls")):
-                where = f"chunk.choices.{i}.delta.tool_calls.{j}"
+            for call in opt_array(delta.get("tool_calls"), "chunk.choices[].delta", "tool_calls"):
+                where = "chunk.choices[].delta.tool_calls[]"
                 call = obj(call, where)
-                oi = index(call.get("index", 0), f"{where}.index")
-                fn = opt_obj(call.get("function"), f"{where}.function") or {}
+                oi = index(call.get("index", 0), where, "index")
+                fn = opt_obj(call.get("function"), where, "function") or {}
                 if oi not in self.tool_blocks:
                     block: Block = {
                         "type": "tool_use",
-                        "id": opt_string(call.get("id"), f"{where}.id") or f"call_{oi}",
-                        "name": opt_string(fn.get("name"), f"{where}.function.name") or "",
+                        "id": opt_string(call.get("id"), where, "id") or f"call_{oi}",
+                        "name": opt_string(fn.get("name"), where, "function.name") or "",
                         "input": {},
                     }
                     events += self._open("tool", block)
                     self.tool_blocks[oi] = self.block_index
-                args = opt_string(fn.get("arguments"), f"{where}.function.arguments")
+                args = opt_string(fn.get("arguments"), where, "function.arguments")
                 if args:
                     events.append(
                         StreamEvent(
@@ -327,7 +327,7 @@ class ChunkDecoder:
                             },
                         )
                     )
-            finish = opt_string(choice.get("finish_reason"), f"chunk.choices.{i}.finish_reason")
+            finish = opt_string(choice.get("finish_reason"), "chunk.choices[]", "finish_reason")
             if finish:
                 self.finish = finish
         return events
