@@ -46,6 +46,18 @@ class ProviderConfig(_Strict):
     simulator_path: str | None = None
     # OpenAI-style upstreams: the field carrying the output cap (older servers know only max_tokens).
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_completion_tokens"
+    # Bounds on what the upstream may send back (docs/configuration.md, "Upstream limits").
+    # A whole non-streamed answer must arrive within this (a trickling upstream cannot hold it forever).
+    response_timeout_s: float = Field(default=900.0, gt=0)
+    # A stream that completes no event for this long is cut (blank lines and comments do not count).
+    event_timeout_s: float = Field(default=600.0, gt=0)
+    max_header_line_bytes: int = Field(default=8190, ge=256)  # status line, and each header field
+    max_header_count: int = Field(default=128, ge=8)
+    max_response_bytes: int = Field(default=8 << 20, ge=1024)  # a non-streamed answer, decoded
+    max_stream_bytes: int = Field(default=256 << 20, ge=1024)  # a whole stream, decoded
+    max_event_bytes: int = Field(default=1 << 20, ge=1024)  # one SSE event
+    # Decoded ÷ received bytes above which a compressed answer is refused (checked past 1 MiB decoded).
+    max_decompression_ratio: float = Field(default=100.0, ge=1)
 
     def credential(self) -> str | None:
         if self.api_key_env:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import orjson
-
 from app.config import ProviderConfig
 from app.domain import ChatRequest, ChatResponse, StreamEvent
-from app.errors import GatewayError
 from app.providers.base import UpstreamError
-from app.providers.http import EventTranslator, SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
+from app.providers.http import (
+    EventTranslator,
+    SSEUpstreamStream,
+    forwarded_headers,
+    make_client,
+    malformed,
+    open_sse,
+    parse_json,
+    send,
+)
 from app.wire import anthropic as wire
+from app.wire.checks import MalformedReply, count, obj
 from app.wire.sse import SSEEvent
 
 LEGACY_VERSION = "2023-06-01"
@@ -50,11 +57,9 @@ class AnthropicProvider:
             self._client, self._messages_url, body, self._request_headers(req, headers), provider=self.name
         )
         try:
-            return wire.parse_response(orjson.loads(response.content))
-        except (orjson.JSONDecodeError, AttributeError) as exc:
-            raise UpstreamError(
-                502, "api_error", f"the upstream provider '{self.name}' sent a malformed response"
-            ) from exc
+            return wire.parse_response(parse_json(response.content))
+        except MalformedReply as exc:
+            raise malformed(exc) from None
 
     async def open_stream(self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]) -> SSEUpstreamStream:
         body = wire.build_request(req, upstream_model, stream=True)
@@ -79,10 +84,9 @@ class AnthropicProvider:
         except UpstreamError:
             return None
         try:
-            value = orjson.loads(response.content).get("input_tokens")
-        except (orjson.JSONDecodeError, AttributeError):
+            return count(obj(parse_json(response.content), "the reply").get("input_tokens"), "input_tokens")
+        except MalformedReply:
             return None  # not a count: the caller estimates, as when the upstream refuses
-        return value if isinstance(value, int) else None
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -97,14 +101,8 @@ class _Translator(EventTranslator):
         self._provider = provider
 
     def translate(self, item: SSEEvent) -> list[StreamEvent]:
-        try:
-            return [wire.parse_event(item.event, item.data, item.raw)]
-        except GatewayError as exc:
-            # An UpstreamError becomes the client's in-stream error event; anything else would
-            # cut the client's stream without a word.
-            raise UpstreamError(
-                502, "api_error", f"the upstream provider '{self._provider}' sent a malformed stream"
-            ) from exc
+        # MalformedReply becomes the client's in-stream error event (EventTranslator.feed).
+        return [wire.parse_event(item.event, item.data, item.raw)]
 
 
 def _translator(provider: str) -> Callable[[], _Translator]:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import orjson
-
 from app.config import ProviderConfig
 from app.domain import ChatRequest, ChatResponse, StreamEvent
 from app.providers.base import UpstreamError
-from app.providers.http import EventTranslator, SSEUpstreamStream, forwarded_headers, make_client, open_sse, send
+from app.providers.http import (
+    EventTranslator,
+    SSEUpstreamStream,
+    forwarded_headers,
+    make_client,
+    malformed,
+    open_sse,
+    parse_json,
+    send,
+)
+from app.wire.checks import MalformedReply
 from app.wire.openai import provider as wire
 from app.wire.sse import SSEEvent
 
@@ -36,11 +44,9 @@ class OpenAICompatProvider:
         body = wire.build_request(req, upstream_model, stream=False, max_tokens_field=self._max_tokens_field)
         response = await send(self._client, self._url, body, self._request_headers(headers), provider=self.name)
         try:
-            return wire.parse_response(orjson.loads(response.content))
-        except (orjson.JSONDecodeError, AttributeError, IndexError) as exc:
-            raise UpstreamError(
-                502, "api_error", f"the upstream provider '{self.name}' sent a malformed response"
-            ) from exc
+            return wire.parse_response(parse_json(response.content))
+        except MalformedReply as exc:
+            raise malformed(exc) from None
 
     async def open_stream(self, req: ChatRequest, upstream_model: str, headers: Mapping[str, str]) -> SSEUpstreamStream:
         body = wire.build_request(req, upstream_model, stream=True, max_tokens_field=self._max_tokens_field)
@@ -72,12 +78,7 @@ class _Translator(EventTranslator):
         if item.data == b"[DONE]":
             self.done = True
             return self._decoder.finish_events()
-        try:
-            chunk = orjson.loads(item.data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(
-                502, "api_error", f"the upstream provider '{self._provider}' sent a malformed stream"
-            ) from exc
+        chunk = parse_json(item.data)  # MalformedReply becomes an in-stream error (EventTranslator.feed)
         if isinstance(chunk, dict) and "error" in chunk:
             raise UpstreamError(502, "overloaded", f"the upstream provider '{self._provider}' failed mid-stream")
         return self._decoder.feed(chunk)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config import Deployment
+from app.providers.retry_after import RETRY_AFTER_CAP_S, clamp_retry_after
 
 Clock = Callable[[], float]
 
@@ -75,6 +76,7 @@ class DeploymentHealth:
         *,
         failures_to_trip: int = 3,
         cooldown_s: float = 30.0,
+        max_cooldown_s: float = RETRY_AFTER_CAP_S,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -82,6 +84,8 @@ class DeploymentHealth:
             raise ValueError("failures_to_trip must be at least 1")
         self.failures_to_trip = failures_to_trip
         self.cooldown_s = cooldown_s
+        # No upstream retry-after keeps a breaker open longer than this (nor than cooldown_s, if larger).
+        self.max_cooldown_s = max(max_cooldown_s, cooldown_s)
         self._clock = clock
         self._rng = rng or random.Random()
         self._breakers: dict[str, _Breaker] = {}
@@ -170,7 +174,8 @@ class DeploymentHealth:
 
         ``retry_after_s`` (from an upstream 429/529 ``retry-after``) opens the breaker for at least
         that long straight away: the upstream said when to come back, so no request should go
-        there sooner, whatever the failure count.
+        there sooner, whatever the failure count — but never longer than ``max_cooldown_s``: a
+        hostile or broken ``retry-after`` (``inf``, ``99999999999``) cannot park a deployment for good.
         """
         breaker = self._breaker(dep_key)
         now = self._clock()
@@ -187,8 +192,9 @@ class DeploymentHealth:
         if was_half_open or breaker.failures >= self.failures_to_trip:
             breaker.open_until = max(breaker.open_until or 0.0, now + self.cooldown_s)
             breaker.probing = False
-        if retry_after_s is not None and retry_after_s > 0:
-            breaker.open_until = max(breaker.open_until or 0.0, now + retry_after_s)
+        wait = clamp_retry_after(retry_after_s, self.max_cooldown_s)
+        if wait:
+            breaker.open_until = max(breaker.open_until or 0.0, now + wait)
             breaker.probing = False
 
     # ---- admin view -----------------------------------------------------------------------------

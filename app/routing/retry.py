@@ -14,16 +14,16 @@ Policy (``docs/routing.md`` has the whole attempt loop):
   negative number): skip the remaining retries on this deployment, mark it cooling down for the
   ``retry-after`` (``DeploymentHealth.finished(..., retry_after_s=...)``) and fall back. Negative
   rather than infinite on purpose: a caller that forgets the check sleeps 0 s, not forever.
+
+``retry-after`` itself is read by ``app.providers.retry_after`` (the only parser), which never
+returns more than ``RETRY_AFTER_CAP_S``.
 """
 
 from __future__ import annotations
 
-import math
 import random
-import time
-from collections.abc import Mapping
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+
+from app.providers.retry_after import clamp_retry_after
 
 FALL_BACK = -1.0  # backoff_delay's answer when retry-after exceeds the cap: do not wait, fall back
 
@@ -45,40 +45,12 @@ def backoff_delay(
     """Seconds to wait before retry number ``attempt + 1`` (``attempt`` = retries already made).
 
     Returns ``FALL_BACK`` (negative) when the upstream's ``retry-after`` is longer than ``cap``.
+    A ``retry_after_s`` that is negative or not finite counts as absent (``clamp_retry_after``).
     """
+    retry_after_s = clamp_retry_after(retry_after_s)
     if retry_after_s is not None:
         if retry_after_s > cap:
             return FALL_BACK
-        return max(retry_after_s, 0.0)
+        return retry_after_s
     ceiling = min(cap, base * (2 ** max(attempt, 0)))
     return rng.uniform(0.0, ceiling)
-
-
-def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds from ``retry-after-ms``, ``retry-after`` (seconds or HTTP-date), or None.
-
-    ``now`` (a Unix time) is only used for the HTTP-date form; default: the current time.
-    ``headers`` must be case-insensitive (httpx.Headers) or already lower-cased.
-    """
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            value = float(raw_ms) / 1000.0
-        except ValueError:
-            value = -1.0
-        if value >= 0 and math.isfinite(value):
-            return value
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # "-0000" parses as naive; HTTP-dates are GMT
-            when = when.replace(tzinfo=UTC)
-        return max(when.timestamp() - (time.time() if now is None else now), 0.0)
-    return value if value >= 0 and math.isfinite(value) else None

@@ -2,7 +2,9 @@
 
 Client side: ``parse_request`` (JSON body → ChatRequest), ``encode_response`` (ChatResponse → JSON),
 ``encode_event`` (StreamEvent → SSE bytes). Provider side: ``build_request`` (ChatRequest → JSON body),
-``parse_response`` (JSON → ChatResponse), ``parse_usage`` (usage object → Usage).
+``parse_response`` (JSON → ChatResponse), ``parse_usage`` (usage object → Usage), ``parse_event``
+(SSE event → StreamEvent). The provider side trusts nothing: every reply and event is checked
+(``app.wire.checks``) and anything off-shape raises ``MalformedReply``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 import orjson
 
 from app.domain import Block, ChatRequest, ChatResponse, Message, ResponseFormat, StreamEvent, Tool, Usage
-from app.errors import GatewayError, invalid
+from app.errors import invalid
+from app.wire import checks
+from app.wire.checks import MalformedReply, array, obj, opt_count, opt_obj, opt_string, string
 
 # Fields of the request body Tollway interprets; everything else is passed through in `extra`.
 _KNOWN_FIELDS = frozenset(
@@ -217,34 +221,36 @@ def _tool_json(tool: Tool) -> dict[str, Any]:
 # ---- responses ---------------------------------------------------------------------------------------
 
 
-def parse_usage(u: dict[str, Any] | None) -> Usage:
-    if not u:
+def parse_usage(u: Any, where: str = "usage") -> Usage:
+    """An upstream usage object → Usage; MalformedReply unless every count is an integer in range."""
+    if u is None:
         return Usage()
-    write_total = u.get("cache_creation_input_tokens") or 0
-    split = u.get("cache_creation") or {}
-    w1h = split.get("ephemeral_1h_input_tokens") or 0
-    w5m = split.get("ephemeral_5m_input_tokens")
+    u = obj(u, where)
+    write_total = opt_count(u.get("cache_creation_input_tokens"), where, "cache_creation_input_tokens") or 0
+    split = opt_obj(u.get("cache_creation"), where, "cache_creation") or {}
+    w1h = opt_count(split.get("ephemeral_1h_input_tokens"), where, "cache_creation.ephemeral_1h_input_tokens")
+    w5m = opt_count(split.get("ephemeral_5m_input_tokens"), where, "cache_creation.ephemeral_5m_input_tokens")
     if w5m is None:
-        w5m = max(write_total - w1h, 0)
+        w5m = max(write_total - (w1h or 0), 0)
     return Usage(
-        input_tokens=u.get("input_tokens") or 0,
-        output_tokens=u.get("output_tokens") or 0,
+        input_tokens=opt_count(u.get("input_tokens"), where, "input_tokens") or 0,
+        output_tokens=opt_count(u.get("output_tokens"), where, "output_tokens") or 0,
         cache_write_5m_tokens=w5m,
-        cache_write_1h_tokens=w1h,
-        cache_read_tokens=u.get("cache_read_input_tokens") or 0,
+        cache_write_1h_tokens=w1h or 0,
+        cache_read_tokens=opt_count(u.get("cache_read_input_tokens"), where, "cache_read_input_tokens") or 0,
     )
 
 
-def merge_stream_usage(usage: Usage, u: dict[str, Any]) -> None:
+def merge_stream_usage(usage: Usage, u: Any) -> None:
     """Apply a message_delta usage object: cumulative values that replace, only where present."""
-    if "output_tokens" in u and u["output_tokens"] is not None:
-        usage.output_tokens = u["output_tokens"]
+    fresh = parse_usage(u, "message_delta.usage")  # checks every field before any is applied
+    if u.get("output_tokens") is not None:
+        usage.output_tokens = fresh.output_tokens
     if u.get("input_tokens") is not None:
-        usage.input_tokens = u["input_tokens"]
+        usage.input_tokens = fresh.input_tokens
     if u.get("cache_read_input_tokens") is not None:
-        usage.cache_read_tokens = u["cache_read_input_tokens"]
+        usage.cache_read_tokens = fresh.cache_read_tokens
     if u.get("cache_creation_input_tokens") is not None:
-        fresh = parse_usage(u)
         usage.cache_write_5m_tokens = fresh.cache_write_5m_tokens
         usage.cache_write_1h_tokens = fresh.cache_write_1h_tokens
 
@@ -254,14 +260,44 @@ _RESPONSE_KNOWN = frozenset(
 )
 
 
-def parse_response(data: dict[str, Any]) -> ChatResponse:
+def check_block(block: Any, where: str) -> Block:
+    """One upstream content block: the fields Tollway reads have their types (unknown types pass)."""
+    block = obj(block, where)
+    btype = string(block.get("type"), where, "type")
+    if btype == "text":
+        string(block.get("text"), where, "text")
+    elif btype in ("tool_use", "server_tool_use"):
+        string(block.get("id"), where, "id")
+        string(block.get("name"), where, "name")
+        obj(block.get("input"), where, "input")
+    elif btype == "thinking":
+        string(block.get("thinking"), where, "thinking")
+        opt_string(block.get("signature"), where, "signature")
+    elif btype == "redacted_thinking":
+        string(block.get("data"), where, "data")
+    return block
+
+
+def parse_response(data: Any) -> ChatResponse:
+    """An upstream Messages reply → ChatResponse; MalformedReply for anything but a message."""
+    data = obj(data, "the reply")
+    if data.get("type") == "error" or "error" in data:
+        raise MalformedReply("an error object came with a success status")
+    if data.get("type", "message") != "message":
+        raise MalformedReply("type must be 'message'")
+    content = array(data.get("content"), "content")
+    for block in content:
+        check_block(block, "content[]")
+    usage = parse_usage(obj(data.get("usage"), "usage"))
+    if "input_tokens" not in data["usage"] or "output_tokens" not in data["usage"]:
+        raise MalformedReply("usage must have input_tokens and output_tokens")
     return ChatResponse(
-        id=data.get("id") or "msg_unknown",
-        model=data.get("model") or "",
-        content=data.get("content") or [],
-        stop_reason=data.get("stop_reason"),
-        stop_sequence=data.get("stop_sequence"),
-        usage=parse_usage(data.get("usage")),
+        id=opt_string(data.get("id"), "id") or "msg_unknown",
+        model=opt_string(data.get("model"), "model") or "",
+        content=content,
+        stop_reason=opt_string(data.get("stop_reason"), "stop_reason"),
+        stop_sequence=opt_string(data.get("stop_sequence"), "stop_sequence"),
+        usage=usage,
         extra={k: v for k, v in data.items() if k not in _RESPONSE_KNOWN},
     )
 
@@ -372,10 +408,72 @@ def _delta(index: int, delta: dict[str, Any]) -> StreamEvent:
     return StreamEvent("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
 
 
+def _check_delta(delta: Any, where: str) -> None:
+    delta = obj(delta, where)
+    dtype = string(delta.get("type"), where, "type")
+    field = _DELTA_TEXT_FIELDS.get(dtype)
+    if field is not None:
+        string(delta.get(field), where, field)
+    elif dtype == "citations_delta":
+        obj(delta.get("citation"), where, "citation")
+
+
+_DELTA_TEXT_FIELDS = {
+    "text_delta": "text",
+    "input_json_delta": "partial_json",
+    "thinking_delta": "thinking",
+    "signature_delta": "signature",
+}
+
+
+def _check_event(etype: str, payload: dict[str, Any]) -> None:
+    """The fields of one event that Tollway reads (usage, stop reason, blocks) have their types."""
+    if etype == "content_block_delta":
+        checks.index(payload.get("index"), "content_block_delta")
+        _check_delta(payload.get("delta"), "content_block_delta.delta")
+    elif etype == "content_block_start":
+        checks.index(payload.get("index"), "content_block_start")
+        check_block(payload.get("content_block"), "content_block_start.content_block")
+    elif etype == "content_block_stop":
+        checks.index(payload.get("index"), "content_block_stop")
+    elif etype == "message_start":
+        message = obj(payload.get("message"), "message_start.message")
+        opt_string(message.get("id"), "message_start.message.id")
+        opt_string(message.get("model"), "message_start.message.model")
+        parse_usage(message.get("usage"), "message_start.message.usage")
+    elif etype == "message_delta":
+        delta = opt_obj(payload.get("delta"), "message_delta.delta") or {}
+        opt_string(delta.get("stop_reason"), "message_delta.delta.stop_reason")
+        opt_string(delta.get("stop_sequence"), "message_delta.delta.stop_sequence")
+        parse_usage(payload.get("usage"), "message_delta.usage")
+    elif etype == "error":
+        error = obj(payload.get("error"), "error.error")
+        opt_string(error.get("type"), "error.error.type")
+
+
+def _plain_text_delta(payload: dict[str, Any]) -> bool:
+    """The commonest event, checked inline: a text delta with a string text and an index in range."""
+    delta = payload.get("delta")
+    position = payload.get("index")
+    return (
+        type(delta) is dict
+        and delta.get("type") == "text_delta"
+        and type(delta.get("text")) is str
+        and type(position) is int
+        and 0 <= position <= checks.MAX_INDEX
+    )
+
+
 def parse_event(event_name: str | None, data: bytes, raw: bytes) -> StreamEvent:
+    """One upstream SSE event → StreamEvent; MalformedReply unless it is a well-typed Messages event."""
     try:
         payload = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError("api_error", "the upstream sent a malformed stream event") from exc
-    name = event_name or (payload.get("type") if isinstance(payload, dict) else None) or "unknown"
-    return StreamEvent(name, payload, raw)
+    except orjson.JSONDecodeError:
+        raise MalformedReply("an event's data is not JSON (or not UTF-8)") from None
+    payload = obj(payload, "an event's data")
+    etype = string(payload.get("type"), "an event's type")
+    if event_name is not None and event_name != etype:
+        raise MalformedReply("an event's name and its data's type differ")
+    if etype != "content_block_delta" or not _plain_text_delta(payload):
+        _check_event(etype, payload)
+    return StreamEvent(etype, payload, raw)

@@ -37,6 +37,7 @@ from tests.upstream_server import (
 
 __all__ = ["upstream"]  # the fixture, imported so that pytest finds it
 
+LIMITS = ProviderConfig(kind="anthropic", base_url="http://127.0.0.1:1")  # the default bounds
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
 COMPLETIONS = "/v1/chat/completions"
@@ -420,6 +421,9 @@ class _CutBody:
 
 
 class _CutResponse:
+    content_length = None
+    headers: dict[str, str] = {}  # noqa: RUF012 - never mutated
+
     def __init__(self, first: bytes) -> None:
         self.content = _CutBody(first)
         self.released = False
@@ -434,7 +438,7 @@ class _CutResponse:
 
 async def test_anthropic_stream_cut_by_the_network_raises() -> None:
     response = _CutResponse(b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","usage":{}}}\n\n')
-    stream = SSEUpstreamStream(response, _translator("anthropic"), "anthropic")  # type: ignore[arg-type]
+    stream = SSEUpstreamStream(response, _translator("anthropic"), "anthropic", LIMITS)  # type: ignore[arg-type]
     events: list[StreamEvent] = []
     with pytest.raises(UpstreamError) as info:
         async for event in stream:
@@ -706,7 +710,7 @@ async def test_events_of_one_read_come_as_one_batch() -> None:
     one_read = _anthropic_sse(START, *DELTAS)
     split = one_read.index(b"event: content_block_delta")
     response = _ChunkedResponse([one_read[:split] + b"eve", one_read[split + 3 :], _anthropic_sse(STOP)])
-    stream = SSEUpstreamStream(response, _translator("anthropic"), "anthropic")  # type: ignore[arg-type]
+    stream = SSEUpstreamStream(response, _translator("anthropic"), "anthropic", LIMITS)  # type: ignore[arg-type]
     batches = [[e.type for e in batch] async for batch in stream.batches()]
     # the first read completes message_start only (the next event is cut after "eve"); the second
     # completes the three deltas; the third the stop: one batch per read, nothing held back
@@ -722,7 +726,12 @@ async def test_openai_events_before_an_error_in_the_same_read_are_delivered() ->
     body = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
     body += b'data: {"error": {"message": "overloaded"}}\n\n'
     response = _ChunkedResponse([body])
-    stream = SSEUpstreamStream(response, lambda: OpenAITranslator("openai", "m"), "openai")  # type: ignore[arg-type]
+    stream = SSEUpstreamStream(
+        response,  # type: ignore[arg-type]
+        lambda: OpenAITranslator("openai", "m"),
+        "openai",
+        LIMITS,
+    )
     seen: list[StreamEvent] = []
     with pytest.raises(UpstreamError) as info:
         async for batch in stream.batches():

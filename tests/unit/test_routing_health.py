@@ -165,3 +165,23 @@ def test_snapshot_lists_each_deployment_with_its_state(health: DeploymentHealth)
     assert west["state"] == "open" and west["failures"] == 3 and west["models"] == ["m"]
     assert west["provider"] == "west" and west["upstream_model"] == "m-west"
     assert west["cooldown_until"] is not None and west["total_failures"] == 3
+
+
+@pytest.mark.parametrize("retry_after", [99999999999.0, 1e308])
+def test_a_hostile_retry_after_never_keeps_the_breaker_open_past_its_cap(
+    health: DeploymentHealth, clock: Clock, retry_after: float
+) -> None:
+    health.register("m", [WEST])
+    fail(health, "west/m-west", retry_after_s=retry_after)
+    assert not health.deployment_usable("west/m-west")
+    assert health.retry_after_s("m") == pytest.approx(health.max_cooldown_s)
+    clock.now += health.max_cooldown_s + 0.001
+    assert health.deployment_usable("west/m-west")  # half-open: a probe may go
+
+
+@pytest.mark.parametrize("retry_after", [float("inf"), float("nan"), -1.0, float("-inf")])
+def test_an_unusable_retry_after_is_ignored(health: DeploymentHealth, retry_after: float) -> None:
+    health.register("m", [WEST])
+    fail(health, "west/m-west", retry_after_s=retry_after)  # one failure: below failures_to_trip
+    assert health.deployment_usable("west/m-west")
+    assert health.snapshot()[0]["cooldown_remaining_s"] == 0.0

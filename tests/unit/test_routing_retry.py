@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from app.routing.retry import FALL_BACK, backoff_delay, is_retryable, parse_retry_after
+from app.providers.retry_after import RETRY_AFTER_CAP_S, parse_retry_after
+from app.routing.retry import FALL_BACK, backoff_delay, is_retryable
 
 
 @pytest.mark.parametrize("status", [None, 408, 429, 500, 502, 503, 504, 529, 599])
@@ -52,3 +53,36 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({"retry-after": "-3"}) is None
     assert parse_retry_after({}) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("inf", None),
+        ("-inf", None),
+        ("nan", None),
+        ("-1", None),
+        ("1e309", None),  # overflows to inf
+        ("99999999999", RETRY_AFTER_CAP_S),  # finite but absurd: clamped
+        ("1e300", RETRY_AFTER_CAP_S),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", RETRY_AFTER_CAP_S),  # a date far ahead: clamped
+        ("Mon, 99 Foo 2015 99:99:99 GMT", None),
+        ("", None),
+        ("\x00\xff", None),
+        ("9" * 5000, None),  # a 5,000-digit number is inf as a float
+        (" 12 ", 12.0),
+    ],
+)
+def test_hostile_retry_after_is_absent_or_capped_and_never_raises(value: str, expected: float | None) -> None:
+    assert parse_retry_after({"retry-after": value}) == expected
+    # the millisecond form: never raises, never beyond the cap, and an unusable one yields to retry-after
+    in_ms = parse_retry_after({"retry-after-ms": value})
+    assert in_ms is None or 0.0 <= in_ms <= RETRY_AFTER_CAP_S
+    if in_ms is None:
+        assert parse_retry_after({"retry-after-ms": value, "retry-after": "3"}) == 3.0
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -1.0, 1e309])
+def test_backoff_ignores_unusable_retry_after(bad: float) -> None:
+    delay = backoff_delay(0, base=0.2, cap=5.0, retry_after_s=bad, rng=random.Random(0))
+    assert 0.0 <= delay <= 0.2  # the ordinary jittered backoff, as if no retry-after had come

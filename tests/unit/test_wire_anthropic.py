@@ -12,6 +12,7 @@ from app.domain import ChatResponse, StreamEvent, Usage
 from app.errors import GatewayError
 from app.wire import anthropic as wire
 from app.wire.accumulate import StreamTracker
+from app.wire.checks import MalformedReply
 
 IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
 DOCUMENT = {
@@ -316,7 +317,7 @@ def test_encode_event_serialises_with_event_line_and_type() -> None:
 def test_parse_event_takes_name_from_payload_when_event_line_missing() -> None:
     event = wire.parse_event(None, b'{"type":"ping"}', b"raw")
     assert (event.type, event.data, event.raw) == ("ping", {"type": "ping"}, b"raw")
-    with pytest.raises(GatewayError):
+    with pytest.raises(MalformedReply):
         wire.parse_event("x", b"{not json", b"")
 
 

@@ -456,6 +456,7 @@ def test_finish_reason_to_stop_reason(finish: str, stop: str) -> None:
         "id": "chatcmpl-1",
         "model": "m",
         "choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
     }
     assert provider.parse_response(data).stop_reason == stop
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.wire.sse import SSEEvent, iter_sse
+from app.wire.sse import SSEError, SSEEvent, SSEParser, iter_sse
 
 ANTHROPIC_STREAM = (
     b"event: message_start\n"
@@ -113,3 +113,27 @@ async def test_event_without_data_is_not_dispatched() -> None:
 async def test_field_without_space_and_trailing_event_without_blank_line() -> None:
     events = await parse(b"event:ping\ndata:{}\n\nevent: last\ndata: 1")
     assert _summary(events) == [("ping", b"{}"), ("last", b"1")]
+
+
+def test_an_event_over_the_size_limit_is_an_sse_error_whether_terminated_or_not() -> None:
+    parser = SSEParser(max_event_bytes=64)
+    assert parser.feed(b"data: " + b"x" * 50 + b"\n\n") != []  # within the limit
+    with pytest.raises(SSEError, match="larger than 64 bytes"):
+        SSEParser(max_event_bytes=64).feed(b"data: " + b"x" * 100 + b"\n\n")
+    growing = SSEParser(max_event_bytes=64)
+    growing.feed(b"data: " + b"x" * 40)
+    with pytest.raises(SSEError):
+        growing.feed(b"x" * 40)  # never terminated: refused once the pending part passes the limit
+
+
+def test_an_event_name_that_is_not_utf8_is_an_sse_error() -> None:
+    with pytest.raises(SSEError, match="UTF-8"):
+        SSEParser().feed(b"event: \xff\ndata: {}\n\n")
+
+
+def test_a_long_event_in_one_byte_pieces_is_parsed_once() -> None:
+    # the pending part is searched only where new bytes arrived: 200 KB a byte at a time stays linear
+    payload = b"data: " + b"y" * 200_000 + b"\n\n"
+    parser = SSEParser()
+    events = [e for i in range(len(payload)) for e in parser.feed(payload[i : i + 1])]
+    assert [len(e.data) for e in events] == [200_000]

@@ -1,4 +1,8 @@
-"""OpenAI Chat Completions, provider side: canonical → upstream request, upstream reply/chunks → canonical."""
+"""OpenAI Chat Completions, provider side: canonical → upstream request, upstream reply/chunks → canonical.
+
+Replies and chunks are untrusted: every field read is checked (``app.wire.checks``) and an off-shape
+one raises ``MalformedReply``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 import orjson
 
 from app.domain import Block, ChatRequest, ChatResponse, StreamEvent, Usage
+from app.wire.checks import MalformedReply, array, index, obj, opt_array, opt_count, opt_obj, opt_string, string
 
 STOP_FROM_FINISH = {
     "stop": "end_turn",
@@ -165,45 +170,65 @@ def build_request(
 # ---- provider side: OpenAI response → canonical ------------------------------------------------------------
 
 
-def parse_usage(u: dict[str, Any] | None) -> Usage:
-    if not u:
+def parse_usage(u: Any, where: str = "usage") -> Usage:
+    """An upstream usage object → Usage (Anthropic accounting); MalformedReply for bad counts."""
+    if u is None:
         return Usage()
-    details = u.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens") or 0
-    written = details.get("cache_write_tokens") or 0
-    prompt = u.get("prompt_tokens") or 0
+    u = obj(u, where)
+    details = opt_obj(u.get("prompt_tokens_details"), where, "prompt_tokens_details") or {}
+    cached = opt_count(details.get("cached_tokens"), where, "prompt_tokens_details.cached_tokens") or 0
+    written = opt_count(details.get("cache_write_tokens"), where, "prompt_tokens_details.cache_write_tokens") or 0
+    prompt = opt_count(u.get("prompt_tokens"), where, "prompt_tokens") or 0
     return Usage(
         input_tokens=max(prompt - cached - written, 0),
-        output_tokens=u.get("completion_tokens") or 0,
+        output_tokens=opt_count(u.get("completion_tokens"), where, "completion_tokens") or 0,
         cache_write_5m_tokens=written,
         cache_read_tokens=cached,
     )
 
 
-def parse_response(data: dict[str, Any]) -> ChatResponse:
-    choices = data.get("choices") or [{}]
-    choice = choices[0]
-    message = choice.get("message") or {}
+def _tool_use(call: Any, where: str) -> Block:
+    call = obj(call, where)
+    fn = obj(call.get("function"), where, "function")
+    arguments = opt_string(fn.get("arguments"), where, "function.arguments")
+    try:
+        args = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        args = {"_unparsed_arguments": arguments}
+    return {
+        "type": "tool_use",
+        "id": opt_string(call.get("id"), where, "id"),
+        "name": string(fn.get("name"), where, "function.name"),
+        "input": args,
+    }
+
+
+def parse_response(data: Any) -> ChatResponse:
+    """An upstream chat completion → ChatResponse; MalformedReply for anything but a completion."""
+    data = obj(data, "the reply")
+    if "error" in data:
+        raise MalformedReply("an error object came with a success status")
+    choices = array(data.get("choices"), "choices")
+    if not choices:
+        raise MalformedReply("choices must not be empty")
+    choice = obj(choices[0], "choices.0")
+    message = obj(choice.get("message"), "choices.0.message")
+    text = opt_string(message.get("content"), "choices.0.message.content")
+    refusal = opt_string(message.get("refusal"), "choices.0.message.refusal")
     content: list[Block] = []
-    if message.get("content"):
-        content.append({"type": "text", "text": message["content"]})
-    elif message.get("refusal"):
-        content.append({"type": "text", "text": message["refusal"]})
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        try:
-            args = orjson.loads(fn.get("arguments") or "{}")
-        except orjson.JSONDecodeError:
-            args = {"_unparsed_arguments": fn.get("arguments")}
-        content.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args})
-    finish = choice.get("finish_reason")
+    if text or refusal:
+        content.append({"type": "text", "text": text or refusal})
+    for call in opt_array(message.get("tool_calls"), "choices.0.message.tool_calls"):
+        content.append(_tool_use(call, "choices.0.message.tool_calls[]"))
+    finish = opt_string(choice.get("finish_reason"), "choices.0.finish_reason")
+    created = data.get("created")
     return ChatResponse(
-        id=data.get("id") or "chatcmpl-unknown",
-        model=data.get("model") or "",
+        id=opt_string(data.get("id"), "id") or "chatcmpl-unknown",
+        model=opt_string(data.get("model"), "model") or "",
         content=content,
         stop_reason=STOP_FROM_FINISH.get(finish or "stop", "end_turn"),
-        usage=parse_usage(data.get("usage")),
-        created=data.get("created") or int(time.time()),
+        usage=parse_usage(obj(data.get("usage"), "usage")),
+        created=created if type(created) is int and created > 0 else int(time.time()),
     )
 
 
@@ -251,13 +276,18 @@ class ChunkDecoder:
         )
         return events
 
-    def feed(self, chunk: dict[str, Any]) -> list[StreamEvent]:
+    def feed(self, chunk: Any) -> list[StreamEvent]:
+        """The canonical events for one upstream chunk; MalformedReply for an off-shape chunk."""
+        chunk = obj(chunk, "a chunk")
+        opt_string(chunk.get("id"), "chunk.id")
+        opt_string(chunk.get("model"), "chunk.model")
         events: list[StreamEvent] = [] if self.started else self._start(chunk)
-        if chunk.get("usage"):
-            self.usage = parse_usage(chunk["usage"])
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
+        if chunk.get("usage") is not None:
+            self.usage = parse_usage(chunk["usage"], "chunk.usage")
+        for choice in opt_array(chunk.get("choices"), "chunk", "choices"):
+            choice = obj(choice, "chunk.choices[]")
+            delta = opt_obj(choice.get("delta"), "chunk.choices[]", "delta") or {}
+            text = opt_string(delta.get("content"), "chunk.choices[].delta", "content")
             if text:
                 if self.open_kind != "text":
                     events += self._open("text", {"type": "text", "text": ""})
@@ -271,19 +301,21 @@ class ChunkDecoder:
                         },
                     )
                 )
-            for call in delta.get("tool_calls") or []:
-                oi = call.get("index", 0)
-                fn = call.get("function") or {}
+            for call in opt_array(delta.get("tool_calls"), "chunk.choices[].delta", "tool_calls"):
+                where = "chunk.choices[].delta.tool_calls[]"
+                call = obj(call, where)
+                oi = index(call.get("index", 0), where, "index")
+                fn = opt_obj(call.get("function"), where, "function") or {}
                 if oi not in self.tool_blocks:
                     block: Block = {
                         "type": "tool_use",
-                        "id": call.get("id") or f"call_{oi}",
-                        "name": fn.get("name") or "",
+                        "id": opt_string(call.get("id"), where, "id") or f"call_{oi}",
+                        "name": opt_string(fn.get("name"), where, "function.name") or "",
                         "input": {},
                     }
                     events += self._open("tool", block)
                     self.tool_blocks[oi] = self.block_index
-                args = fn.get("arguments")
+                args = opt_string(fn.get("arguments"), where, "function.arguments")
                 if args:
                     events.append(
                         StreamEvent(
@@ -295,8 +327,9 @@ class ChunkDecoder:
                             },
                         )
                     )
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
+            finish = opt_string(choice.get("finish_reason"), "chunk.choices[]", "finish_reason")
+            if finish:
+                self.finish = finish
         return events
 
     def finish_events(self) -> list[StreamEvent]:
