@@ -28,7 +28,7 @@ def cap_output(
     states: Sequence[WindowState],
     amounts: tuple[int, ...],
     output_tokens: int,
-    output_micros: int,
+    output_micros: int = 0,
     held: tuple[int, ...] | None = None,
 ) -> Capped | None:
     """The largest output (≥ 1 token, ≤ ``output_tokens``) whose worst case fits every limited window.
