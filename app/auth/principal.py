@@ -43,6 +43,9 @@ class TeamPolicy:
     response_cache: bool = False
     # Default output cap for requests that give no max_tokens (budget worst case).
     default_max_tokens: int | None = None
+    # A request whose worst case does not fit the budget left runs with its output capped to what is
+    # left (finish_reason "length") instead of being refused with 429. Off by default.
+    cap_output_to_budget: bool = False
 
 
 @dataclass(frozen=True, slots=True)

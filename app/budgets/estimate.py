@@ -21,6 +21,7 @@ and the output at its output rate, in the most expensive price band the input bo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
 from app.auth.principal import Principal
@@ -72,10 +73,43 @@ def worst_case_usd(model: ModelConfig, input_tokens: int, output_tokens: int) ->
     return usd.quantize(QUANTUM, rounding=ROUND_CEILING)
 
 
+@dataclass(frozen=True, slots=True)
+class WorstCase:
+    """What to reserve, and which part of it is output (the part a budget may cap)."""
+
+    tokens: int
+    usd: Decimal
+    output_tokens: int
+    output_usd: Decimal
+
+    def admit_kwargs(self) -> dict[str, int | Decimal]:
+        """Keyword arguments for ``Limiter.admit`` / ``readmit``."""
+        return {
+            "tokens": self.tokens,
+            "usd": self.usd,
+            "output_tokens": self.output_tokens,
+            "output_usd": self.output_usd,
+        }
+
+
+def worst_case_parts(
+    req: ChatRequest, model: ModelConfig, principal: Principal, settings: Settings, *, model_name: str = ""
+) -> WorstCase:
+    """The worst case of ``req`` served by ``model`` (see the module docstring), split into parts."""
+    output_tokens = output_cap(req, model, principal, model_name=model_name)
+    input_tokens = input_bound(req, model, settings.budget_mode)
+    usd = worst_case_usd(model, input_tokens, output_tokens)
+    return WorstCase(
+        tokens=input_tokens + output_tokens,
+        usd=usd,
+        output_tokens=output_tokens,
+        output_usd=usd - worst_case_usd(model, input_tokens, 0),
+    )
+
+
 def worst_case(
     req: ChatRequest, model: ModelConfig, principal: Principal, settings: Settings, *, model_name: str = ""
 ) -> tuple[int, Decimal]:
     """(tokens, usd) to reserve for ``req`` served by ``model``; see the module docstring."""
-    output_tokens = output_cap(req, model, principal, model_name=model_name)
-    input_tokens = input_bound(req, model, settings.budget_mode)
-    return input_tokens + output_tokens, worst_case_usd(model, input_tokens, output_tokens)
+    parts = worst_case_parts(req, model, principal, settings, model_name=model_name)
+    return parts.tokens, parts.usd

@@ -6,6 +6,11 @@ reset as an RFC 3339 time. OpenAI (``/v1/chat/completions``):
 (``12ms``, ``1s``, ``6m0s``, ``20h3m7s``). The tokens triplet describes the token window with the
 least room left (minute, day or month; team or key); the requests triplet the tightest
 requests-per-minute window. Windows without a limit produce no headers.
+
+``remaining`` is the limit minus *settled* usage, as the providers' own headers mean it. What
+requests in flight have reserved in the same window (this one included) is in its own header,
+``x-tollway-budget-reserved-tokens`` / ``-requests``: ``remaining - reserved`` is what a new
+request could reserve right now.
 """
 
 from __future__ import annotations
@@ -39,7 +44,16 @@ def go_duration(seconds: float) -> str:
 
 
 def remaining(state: WindowState) -> int:
+    """What a new request could reserve now: the limit less settled usage and reservations."""
     return max(0, state.limit - state.used - state.reserved)
+
+
+def settled_remaining(state: WindowState) -> int:
+    """The limit less settled usage (what the ``*-remaining`` headers report)."""
+    return max(0, state.limit - state.used)
+
+
+RESERVED_HEADER = "x-tollway-budget-reserved-{label}"
 
 
 def _tightest(
@@ -62,10 +76,11 @@ def budget_headers(
         reset = ends[state.w % N_KINDS]
         if client_format == "anthropic":
             headers[f"anthropic-ratelimit-{label}-limit"] = str(state.limit)
-            headers[f"anthropic-ratelimit-{label}-remaining"] = str(remaining(state))
+            headers[f"anthropic-ratelimit-{label}-remaining"] = str(settled_remaining(state))
             headers[f"anthropic-ratelimit-{label}-reset"] = rfc3339(reset)
         else:
             headers[f"x-ratelimit-limit-{label}"] = str(state.limit)
-            headers[f"x-ratelimit-remaining-{label}"] = str(remaining(state))
+            headers[f"x-ratelimit-remaining-{label}"] = str(settled_remaining(state))
             headers[f"x-ratelimit-reset-{label}"] = go_duration(reset - now)
+        headers[RESERVED_HEADER.format(label=label)] = str(state.reserved)
     return headers

@@ -16,6 +16,11 @@ When Redis cannot be reached, ``budget_redis_failure`` decides: ``closed`` raise
 ``BudgetBackendUnavailable`` (HTTP 503); ``open`` admits, counts usage in a ``LocalLedger`` and a
 background task writes it into Redis once Redis answers again. After a failure the store is not
 tried again for ``breaker_s``, so an outage costs one failed connection attempt, not one per request.
+
+Every store step is idempotent per reservation id (the request id plus an attempt suffix): a settle
+counts once however often it is sent (late, retried, reconciled), and an admit that failed or was
+cancelled is released by id — while an admit that reaches Redis after its deadline changes nothing.
+So a stalled or restarted Redis leaves neither orphaned reservations nor double counts.
 """
 
 from __future__ import annotations
@@ -34,15 +39,23 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.auth.principal import Limits, Principal
+from app.budgets.capping import cap_output
+from app.budgets.errors import BudgetBackendUnavailable, BudgetExceeded, as_gateway_error
 from app.budgets.headers import budget_headers, remaining, rfc3339
 from app.budgets.limits import NO_LIMITS, limits_vector
 from app.budgets.local_ledger import LocalLedger
 from app.budgets.memory_store import MemoryStore
 from app.budgets.redis_store import RedisStore
-from app.budgets.store import BudgetStore, ReserveOutcome, StoreUnavailable, WindowState
+from app.budgets.store import (
+    AdmitTooLate,
+    BudgetStore,
+    PendingSettle,
+    ReserveOutcome,
+    StoreUnavailable,
+    WindowState,
+)
 from app.budgets.windows import (
     N_KINDS,
-    N_WINDOWS,
     TOKEN_KINDS,
     WindowSet,
     amounts_vector,
@@ -68,76 +81,25 @@ MAX_POLL_S = 0.05
 STATE_TTL_MARGIN_S = 60
 
 
-class BudgetExceeded(Exception):
-    """A request does not fit a budget window. The API answers 429 in the client's format.
-
-    ``used`` is settled usage in the window; ``reserved`` what requests in flight hold (not counting
-    this one). ``retry_after_s`` is the true wait: the window's reset when settled usage alone leaves
-    no room, 1 s when only in-flight reservations were in the way. (openai-python 1.x honours
-    ``retry-after`` only up to 60 s and 3.x up to 120 s — beyond that it does not retry at all, which
-    is right for a day or month budget.)
-    """
-
-    def __init__(
-        self,
-        *,
-        window: str,
-        scope: str,
-        used: int | Decimal,
-        reserved: int | Decimal,
-        limit: int | Decimal,
-        requested: int | Decimal,
-        reset_at: datetime,
-        retry_after_s: int,
-    ) -> None:
-        self.window = window
-        self.scope = scope
-        self.used = used
-        self.reserved = reserved
-        self.limit = limit
-        self.requested = requested
-        self.reset_at = reset_at
-        self.retry_after_s = retry_after_s
-        super().__init__(self.message())
-
-    @property
-    def blocked_by_in_flight(self) -> bool:
-        """Settled usage alone would have left room: other requests' reservations were in the way."""
-        return self.used + self.requested <= self.limit
-
-    @property
-    def never_fits(self) -> bool:
-        """The request alone is larger than the whole limit (retrying cannot help)."""
-        return self.requested > self.limit
-
-    def _amount(self, value: int | Decimal) -> str:
-        if isinstance(value, Decimal):
-            return f"${value:,.6f}".rstrip("0").rstrip(".")
-        unit = "requests" if self.window == "requests_per_minute" else "tokens"
-        return f"{value:,} {unit}"
-
-    def message(self) -> str:
-        owner = "Team" if self.scope == "team" else "API key"
-        text = f"{owner} budget '{self.window}' exceeded: {self._amount(self.used)} used of {self._amount(self.limit)}"
-        if self.reserved:
-            text += f" ({self._amount(self.reserved)} more reserved by requests in flight)"
-        text += f"; this request needs up to {self._amount(self.requested)}."
-        if self.never_fits:
-            text += " That is more than the whole limit: lower max_tokens or shorten the prompt."
-        text += f" The window resets at {rfc3339(self.reset_at.timestamp())}."
-        return text
-
-
-class BudgetBackendUnavailable(Exception):
-    """The budget store (Redis) is unreachable and the policy is fail-closed. The API answers 503."""
-
-    def message(self) -> str:
-        return "Budget enforcement is temporarily unavailable (its Redis cannot be reached); retry shortly."
+__all__ = [
+    "Admission",
+    "BudgetBackendUnavailable",
+    "BudgetExceeded",
+    "BudgetLimiter",
+    "Limiter",
+    "as_gateway_error",
+    "create_limiter",
+]
 
 
 @dataclass(slots=True, eq=False)
 class Admission:
-    """A request's reservation. Opaque to the pipeline except ``headers_for``."""
+    """A request's reservation. Opaque to the pipeline except ``headers_for`` and ``output_cap``.
+
+    ``output_cap``: set when the team's policy capped the output to what its budget has left; the
+    pipeline must then send at most this many output tokens upstream (``max_tokens``) and the client
+    sees ``finish_reason: length`` / ``stop_reason: max_tokens`` if the answer is cut there.
+    """
 
     team_id: str
     key_id: str
@@ -151,16 +113,21 @@ class Admission:
     team_limits: tuple[int, ...] = NO_LIMITS
     key_limits: tuple[int, ...] = NO_LIMITS
     states: tuple[WindowState, ...] = ()  # limited windows as seen at admission
-    reserved_in_store: bool = False  # a reservation exists in the store under reservation_id
+    reserved_in_store: bool = False  # a reservation may exist in the store under reservation_id
     degraded: bool = False  # admitted under fail-open while the store was unreachable
     settled: bool = field(default=False)
+    output_tokens: int = 0  # the part of ``tokens`` that is output (may be capped)
+    output_usd: Decimal = Decimal(0)  # the part of ``usd`` that is output
+    may_cap_output: bool = False  # the team's policy allows capping the output to the budget left
+    output_cap: int | None = None
 
     @property
     def unlimited(self) -> bool:
         return self.windows is None
 
     def headers_for(self, client_format: str) -> dict[str, str]:
-        """Remaining-budget headers for the tightest token and request windows (none if unlimited)."""
+        """Budget headers of the tightest token and request windows (none if unlimited): remaining
+        counts settled usage only; ``x-tollway-budget-reserved-*`` what requests in flight hold."""
         if not self.states or self.windows is None:
             return {}
         return budget_headers(self.states, self.windows.ends, self.admitted_at, client_format)
@@ -174,9 +141,26 @@ class Admission:
 
 
 class Limiter(Protocol):
-    async def admit(self, principal: Principal, *, tokens: int, usd: Decimal, request_id: str) -> Admission: ...
+    async def admit(
+        self,
+        principal: Principal,
+        *,
+        tokens: int,
+        usd: Decimal,
+        request_id: str,
+        output_tokens: int = 0,
+        output_usd: Decimal = Decimal(0),
+    ) -> Admission: ...
 
-    async def readmit(self, admission: Admission, *, tokens: int, usd: Decimal) -> Admission: ...
+    async def readmit(
+        self,
+        admission: Admission,
+        *,
+        tokens: int,
+        usd: Decimal,
+        output_tokens: int = 0,
+        output_usd: Decimal = Decimal(0),
+    ) -> Admission: ...
 
     async def settle(self, admission: Admission, *, tokens: int, usd: Decimal) -> None: ...
 
@@ -218,45 +202,64 @@ class BudgetLimiter:
         self._reconciler: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._instance = os.urandom(4).hex()
-        self._counter = itertools.count()
+        self._attempts = itertools.count()
 
     # ---- admission ----------------------------------------------------------------------------
 
-    async def admit(self, principal: Principal, *, tokens: int, usd: Decimal, request_id: str) -> Admission:
-        team_limits = limits_vector(principal.team_limits)
-        key_limits = limits_vector(principal.key_limits)
+    async def admit(
+        self,
+        principal: Principal,
+        *,
+        tokens: int,
+        usd: Decimal,
+        request_id: str,
+        output_tokens: int = 0,
+        output_usd: Decimal = Decimal(0),
+    ) -> Admission:
+        """Reserve the worst case (``tokens``, ``usd``) in every limited window, or raise
+        ``BudgetExceeded`` / ``BudgetBackendUnavailable``.
+
+        ``output_tokens`` / ``output_usd``: the output part of the worst case. When the team's policy
+        has ``cap_output_to_budget`` and the worst case does not fit, the output is capped to what
+        the budget has left (``Admission.output_cap``) instead of refusing.
+        """
         now = self.clock()
-        if team_limits == NO_LIMITS and key_limits == NO_LIMITS:
-            return Admission(
-                team_id=principal.team_id,
-                key_id=principal.key_id,
-                request_id=request_id,
-                reservation_id="",
-                tokens=tokens,
-                usd=usd,
-                admitted_at=now,
-                expires_at=now + self.reservation_ttl_s,
-                windows=None,
-            )
         admission = Admission(
             team_id=principal.team_id,
             key_id=principal.key_id,
             request_id=request_id,
-            reservation_id=f"{request_id}~{self._instance}{next(self._counter):x}",
+            reservation_id="",
             tokens=tokens,
             usd=usd,
             admitted_at=now,
-            expires_at=now,
+            expires_at=now + self.reservation_ttl_s,
             windows=None,
-            team_limits=team_limits,
-            key_limits=key_limits,
+            team_limits=limits_vector(principal.team_limits),
+            key_limits=limits_vector(principal.key_limits),
+            output_tokens=max(0, min(output_tokens, tokens)),
+            output_usd=max(Decimal(0), min(output_usd, usd)),
+            may_cap_output=principal.policy.cap_output_to_budget,
         )
+        if admission.team_limits == NO_LIMITS and admission.key_limits == NO_LIMITS:
+            return admission
+        # The request id plus this process' attempt number: unique even if a client reuses an id.
+        admission.reservation_id = f"{request_id}~{self._instance}{next(self._attempts):x}"
         return await self._reserve(admission, replace=False)
 
-    async def readmit(self, admission: Admission, *, tokens: int, usd: Decimal) -> Admission:
+    async def readmit(
+        self,
+        admission: Admission,
+        *,
+        tokens: int,
+        usd: Decimal,
+        output_tokens: int = 0,
+        output_usd: Decimal = Decimal(0),
+    ) -> Admission:
         """Swap the reservation for a new worst case (e.g. a fallback to a pricier model), atomically.
 
-        On ``BudgetExceeded`` the original reservation still stands and must still be settled.
+        Idempotent: the reservation keeps its id, so a repeated readmit replaces rather than adds, and
+        a readmit reaching Redis after the id was settled changes nothing. On ``BudgetExceeded`` the
+        original reservation still stands and must still be settled.
         """
         if admission.settled:
             raise RuntimeError("cannot readmit a settled admission")
@@ -275,70 +278,133 @@ class BudgetLimiter:
             key_limits=admission.key_limits,
             reserved_in_store=admission.reserved_in_store,
             degraded=admission.degraded,
+            output_tokens=max(0, min(output_tokens, tokens)),
+            output_usd=max(Decimal(0), min(output_usd, usd)),
+            may_cap_output=admission.may_cap_output,
         )
         if admission.unlimited or admission.degraded:
             return updated
-        result = await self._reserve(updated, replace=True)
+        held = amounts_vector(admission.tokens, usd_to_micros(admission.usd))
+        result = await self._reserve(updated, replace=True, held=held)
         admission.settled = True  # the old handle is spent: settle the new one
         return result
 
-    async def _reserve(self, admission: Admission, *, replace: bool) -> Admission:
+    async def _reserve(
+        self, admission: Admission, *, replace: bool, held: tuple[int, ...] | None = None
+    ) -> Admission:
         amounts = amounts_vector(admission.tokens, usd_to_micros(admission.usd))
         deadline = time.monotonic() + self.wait_s
         delay = FIRST_POLL_S
         while True:
-            now = self.clock()
-            ws = windows_at(admission.team_id, admission.key_id, now)
-            admission.admitted_at = now
-            admission.expires_at = now + self.reservation_ttl_s
-            admission.windows = ws
-            if self._breaker_open():
-                return self._unavailable(admission, None)
-            try:
-                outcome = await self.store.reserve(
-                    ws,
-                    admission.reservation_id,
-                    amounts,
-                    admission.team_limits,
-                    admission.key_limits,
-                    now=now,
-                    expires_at=admission.expires_at,
-                    state_ttl_s=self.grace_s,
-                    replace=replace,
-                )
-            except StoreUnavailable as exc:
-                self._trip(exc)
-                return self._unavailable(admission, exc)
-            except asyncio.CancelledError:
-                # The script may have run before the cancellation (the client went away): free
-                # whatever it reserved now rather than when the reservation expires.
-                self._release_soon(admission, ws)
-                raise
+            outcome = await self._try_reserve(admission, amounts, replace=replace)
+            if outcome is None:  # the store is unavailable (fail-open: admitted degraded)
+                return admission
             if outcome.ok:
-                admission.states = outcome.states
-                admission.reserved_in_store = True
                 return admission
             left = deadline - time.monotonic()
             if outcome.hard or left <= 0:
-                raise self._exceeded(outcome, ws, now, amounts)
+                if admission.may_cap_output:
+                    capped = await self._reserve_capped(admission, amounts, replace=replace, held=held)
+                    if capped is not None:
+                        return capped
+                assert admission.windows is not None
+                raise self._exceeded(outcome, admission.windows, admission.admitted_at, amounts)
             await self.store.wait_for_release(min(delay, left))
             delay = min(delay * 2, MAX_POLL_S)
 
-    def _release_soon(self, admission: Admission, ws: WindowSet) -> None:
+    async def _try_reserve(
+        self, admission: Admission, amounts: tuple[int, ...], *, replace: bool
+    ) -> ReserveOutcome | None:
+        """One store step. Updates ``admission`` on success; None when degraded under fail-open."""
+        now = self.clock()
+        ws = windows_at(admission.team_id, admission.key_id, now)
+        admission.admitted_at = now
+        admission.expires_at = now + self.reservation_ttl_s
+        admission.windows = ws
+        if self._breaker_open():
+            self._unavailable(admission, None, replace=replace, attempted=False)
+            return None
+        try:
+            outcome = await self.store.reserve(
+                ws,
+                admission.reservation_id,
+                amounts,
+                admission.team_limits,
+                admission.key_limits,
+                now=now,
+                expires_at=admission.expires_at,
+                state_ttl_s=self.grace_s,
+                replace=replace,
+            )
+        except StoreUnavailable as exc:
+            self._trip(exc)
+            # A refusal for lateness changed nothing; any other failure may have reserved.
+            self._unavailable(admission, exc, replace=replace, attempted=not isinstance(exc, AdmitTooLate))
+            return None
+        except asyncio.CancelledError:
+            # The script may have run before the cancellation (the client went away): free whatever
+            # it reserved now rather than when the reservation expires. A readmit's caller still
+            # holds the admission and settles it, by the same id.
+            if not replace:
+                self._release(admission, ws)
+            raise
+        if outcome.ok:
+            admission.states = outcome.states
+            admission.reserved_in_store = True
+        return outcome
+
+    async def _reserve_capped(
+        self, admission: Admission, amounts: tuple[int, ...], *, replace: bool, held: tuple[int, ...] | None
+    ) -> Admission | None:
+        """Try the request again with its output capped to what the budget has left."""
+        ws = admission.windows
+        assert ws is not None
+        try:
+            states = await self.store.read(ws, admission.team_limits, admission.key_limits, now=admission.admitted_at)
+        except StoreUnavailable as exc:
+            self._trip(exc)
+            return None
+        capped = cap_output(
+            states, amounts, admission.output_tokens, usd_to_micros(admission.output_usd), held if replace else None
+        )
+        if capped is None:
+            return None
+        output_micros = usd_to_micros(admission.output_usd)
+        admission.tokens = capped.amounts[1]
+        admission.usd = micros_to_usd(capped.amounts[4])
+        admission.output_tokens = capped.output_tokens
+        admission.output_usd = micros_to_usd(capped.amounts[4] - (amounts[4] - output_micros))
+        outcome = await self._try_reserve(admission, capped.amounts, replace=replace)
+        if outcome is None or not outcome.ok:
+            return None if outcome is not None else admission
+        admission.output_cap = capped.output_tokens
+        return admission
+
+    def _release(self, admission: Admission, ws: WindowSet) -> None:
+        """Release ``admission``'s reservation by id, whether or not its admit ran (or will run)."""
+
         async def release() -> None:
-            with contextlib.suppress(Exception):
-                await self.store.settle(ws, admission.reservation_id, NOTHING, now=self.clock(), grace_s=self.grace_s)
+            await self._settle_amounts(admission, ws, NOTHING)
 
         task = asyncio.get_running_loop().create_task(release())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _unavailable(self, admission: Admission, exc: Exception | None) -> Admission:
+    def _unavailable(self, admission: Admission, exc: Exception | None, *, replace: bool, attempted: bool) -> None:
+        if isinstance(exc, AdmitTooLate) and exc.server_time is not None:
+            skew = exc.server_time - time.time()
+            if abs(skew) > 1:
+                log.error("budget: Redis' clock is %.1f s off this host's: admits are refused as late", skew)
         if self.failure_policy == "closed":
+            if attempted and not replace:
+                assert admission.windows is not None
+                self._release(admission, admission.windows)
             raise BudgetBackendUnavailable("budget store unreachable") from exc
+        # Fail-open: served without a reservation. Its settle goes by the same id, so it also frees
+        # whatever the failed attempt may have reserved.
         admission.degraded = True
+        admission.reserved_in_store = admission.reserved_in_store or attempted
         admission.states = ()
-        return admission
 
     @staticmethod
     def _exceeded(outcome: ReserveOutcome, ws: WindowSet, now: float, amounts: tuple[int, ...]) -> BudgetExceeded:
@@ -362,7 +428,7 @@ class BudgetLimiter:
     # ---- settlement ---------------------------------------------------------------------------
 
     async def settle(self, admission: Admission, *, tokens: int, usd: Decimal) -> None:
-        """Replace the reservation with actual usage. Never raises for store errors."""
+        """Replace the reservation with actual usage, once. Never raises for store errors."""
         if admission.settled:
             log.warning("budget: admission %s settled twice; ignoring the second", admission.request_id)
             return
@@ -381,11 +447,17 @@ class BudgetLimiter:
         # (and was released) it goes to the windows current now.
         ws = admission.windows if now < admission.expires_at else windows_at(admission.team_id, admission.key_id, now)
         amounts = amounts_vector(max(0, tokens), usd_to_micros(max(usd, Decimal(0))))
-        if admission.degraded or self._breaker_open():
+        if admission.degraded:
+            self._defer(admission, ws, amounts)
+            return
+        await self._settle_amounts(admission, ws, amounts)
+
+    async def _settle_amounts(self, admission: Admission, ws: WindowSet, amounts: tuple[int, ...]) -> None:
+        if self._breaker_open():
             self._defer(admission, ws, amounts)
             return
         try:
-            await self.store.settle(ws, admission.reservation_id, amounts, now=now, grace_s=self.grace_s)
+            await self.store.settle(ws, admission.reservation_id, amounts, now=self.clock(), grace_s=self.grace_s)
         except StoreUnavailable as exc:
             self._trip(exc)
             self._defer(admission, ws, amounts)
@@ -394,14 +466,19 @@ class BudgetLimiter:
             self._defer(admission, ws, amounts)
 
     def _defer(self, admission: Admission, ws: WindowSet, amounts: tuple[int, ...]) -> None:
-        for w in range(N_WINDOWS):
-            amount = amounts[w % N_KINDS]
-            if amount:
-                self.ledger.add_usage(
-                    admission.team_id, ws.period_key(w), ws.field(w), amount, ws.end_of(w) + self.grace_s
-                )
-        if admission.reserved_in_store:
-            self.ledger.add_release(admission.team_id, admission.reservation_id)
+        """Keep the settle (by reservation id) for the reconciler: it applies once, whenever it runs."""
+        pending = PendingSettle(
+            reservation_id=admission.reservation_id,
+            key_id=admission.key_id,
+            period_keys=ws.period_keys,
+            period_expiry=(
+                ws.period_ends[0] + self.grace_s,
+                ws.period_ends[1] + self.grace_s,
+                ws.period_ends[2] + self.grace_s,
+            ),
+            amounts=amounts,
+        )
+        self.ledger.add_settle(admission.team_id, pending)
         self._ensure_reconciler()
 
     # ---- limits and status --------------------------------------------------------------------
@@ -421,7 +498,12 @@ class BudgetLimiter:
             self._ensure_reconciler()
 
     async def status(self, principal: Principal) -> dict[str, Any]:
-        """Per scope and window: used, reserved, limit, remaining, reset_at. USD amounts are strings."""
+        """Per scope and window: used, reserved, limit, remaining, reset_at. USD amounts are strings.
+
+        ``used`` is settled usage (including usage counted locally and not yet in Redis);
+        ``reserved`` what requests in flight hold; ``remaining`` = limit − used − reserved: what a
+        new request could reserve now.
+        """
         now = self.clock()
         ws = windows_at(principal.team_id, principal.key_id, now)
         try:
@@ -439,7 +521,7 @@ class BudgetLimiter:
         }
         for state in states:
             w = state.w
-            used = state.used + self.ledger.pending_usage(ws.period_key(w), ws.field(w))
+            used = state.used + self.ledger.pending_usage(ws, w)
             convert: Callable[[int], Any] = (lambda v: str(micros_to_usd(v))) if is_usd(w) else int
             limited = state.limit >= 0
             report[window_scope(w)][window_name(w)] = {

@@ -1,20 +1,26 @@
-"""Budget work this process could not write to Redis, kept until Redis is reachable again.
+"""Budget work this process could not confirm in Redis, kept until Redis is reachable again.
 
-When Redis is down and the policy is fail-open, requests are served and their usage is counted
-here; a settle that fails for any admission lands here too, with the reservation to release, and so
-does a publish of limits that failed (as "delete the possibly stale record"). The limiter's
-background task hands the batches to ``RedisStore.apply``.
+A settle that failed (Redis down, a timeout, a broken connection: it may or may not have run), a
+settle made while the breaker is open or under fail-open, and the release of an admit that failed or
+was cancelled (a settle of nothing) land here as ``PendingSettle`` records; so does a publish of
+limits that failed (as "delete the possibly stale record"). The limiter's background task hands the
+batches to the store's ``apply``.
 
-Exactly once: a batch keeps its id until Redis confirms it, and the reconcile script records applied
-ids, so a batch whose reply was lost is retried without counting twice. New work arriving while a
-batch is in flight goes into a new batch.
+Cannot count twice: each pending settle keeps its reservation id and is applied through the same
+once-per-id step as a normal settle, so a settle whose first attempt had in fact reached Redis (its
+reply lost) is a no-op when reconciled. A batch keeps its id until Redis confirms it, and the
+reconcile script records applied batch ids, so a batch whose reply was lost is retried harmlessly.
+New work arriving while a batch is in flight goes into a new batch.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from app.budgets.store import ReconcileBatch
+from app.budgets.store import PendingSettle, ReconcileBatch
+from app.budgets.windows import KIND_PERIOD, N_KINDS, WindowSet
+
+MAX_SETTLES_PER_BATCH = 500  # one reconcile script call stays short (Redis runs scripts one at a time)
 
 
 class LocalLedger:
@@ -27,18 +33,15 @@ class LocalLedger:
 
     def _batch(self, team_id: str) -> ReconcileBatch:
         batch = self._open.get(team_id)
+        if batch is not None and len(batch.settles) >= MAX_SETTLES_PER_BATCH:
+            self._sealed.append(batch)
+            batch = None
         if batch is None:
             batch = self._open[team_id] = ReconcileBatch(team_id=team_id, batch_id=uuid.uuid4().hex)
         return batch
 
-    def add_usage(self, team_id: str, period_key: str, field: str, amount: int, expires_at: int) -> None:
-        batch = self._batch(team_id)
-        fields = batch.usage.setdefault(period_key, {})
-        fields[field] = fields.get(field, 0) + amount
-        batch.expires[period_key] = max(batch.expires.get(period_key, 0), expires_at)
-
-    def add_release(self, team_id: str, reservation_id: str) -> None:
-        self._batch(team_id).releases.add(reservation_id)
+    def add_settle(self, team_id: str, pending: PendingSettle) -> None:
+        self._batch(team_id).settles.append(pending)
 
     def add_invalidation(self, team_id: str, limits_record: str) -> None:
         self._batch(team_id).invalidate.add(limits_record)
@@ -53,8 +56,18 @@ class LocalLedger:
         applied = {id(batch) for batch in batches}
         self._sealed = [batch for batch in self._sealed if id(batch) not in applied]
 
-    def pending_usage(self, period_key: str, field: str) -> int:
-        """Usage counted locally for one window and not yet in Redis (for status and tests)."""
+    def pending_settles(self) -> int:
+        return sum(len(batch.settles) for batch in (*self._sealed, *self._open.values()))
+
+    def pending_usage(self, ws: WindowSet, w: int) -> int:
+        """Usage counted locally for window ``w`` of ``ws`` and not yet in Redis (for status)."""
+        period_key = ws.period_key(w)
+        period = KIND_PERIOD[w % N_KINDS]
+        team_scope = w < N_KINDS
         return sum(
-            batch.usage.get(period_key, {}).get(field, 0) for batch in (*self._sealed, *self._open.values())
+            pending.amounts[w % N_KINDS]
+            for batch in (*self._sealed, *self._open.values())
+            if batch.team_id == ws.team_id
+            for pending in batch.settles
+            if pending.period_keys[period] == period_key and (team_scope or pending.key_id == ws.key_id)
         )

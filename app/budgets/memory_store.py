@@ -5,8 +5,9 @@ the same semantics as ``redis_store.py`` — each method runs without awaiting, 
 respect to every other request of the process, as a Lua script is in Redis. Budgets are not shared
 between processes and do not survive a restart; run Redis for more than one worker or replica.
 
-Expiry (reservations, usage counters, published limits) follows the injected clock, so tests roll
-windows and expire reservations without sleeping.
+Expiry (reservations, usage counters, published limits, settled records) follows the injected clock,
+so tests roll windows and expire reservations without sleeping. An admit here cannot be late: it runs
+as soon as it is called.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.budgets.store import ReconcileBatch, ReserveOutcome, WindowState
-from app.budgets.windows import N_KINDS, N_WINDOWS, WindowSet, team_keys
+from app.budgets.store import AlreadySettled, PendingSettle, ReconcileBatch, ReserveOutcome, WindowState
+from app.budgets.windows import KIND_PERIOD, N_KINDS, N_WINDOWS, WindowSet, team_keys, usage_field
 
 LIMITS_TTL_S = 600
+RECORD_TTL_S = 3_600
+SETTLED = "s"  # as in the Lua scripts: settled, later admits/readmits/settles of the id are no-ops
+EXPIRED = "x"  # released on expiry: a late settle still counts once
 
 
 @dataclass(slots=True)
@@ -30,8 +34,9 @@ class _Reservation:
 
 
 class MemoryStore:
-    def __init__(self, *, limits_ttl_s: int = LIMITS_TTL_S) -> None:
+    def __init__(self, *, limits_ttl_s: int = LIMITS_TTL_S, record_ttl_s: int = RECORD_TTL_S) -> None:
         self.limits_ttl_s = limits_ttl_s
+        self.record_ttl_s = record_ttl_s
         self._usage: dict[str, int] = {}  # slot ("<period hash>|<field>") → settled usage
         self._period_expiry: dict[str, float] = {}  # period hash → when its slots go
         self._period_slots: dict[str, set[str]] = {}
@@ -39,6 +44,8 @@ class MemoryStore:
         self._inflight: dict[str, int] = {}
         self._reservations: dict[str, _Reservation] = {}
         self._reservation_heap: list[tuple[float, str]] = []
+        self._finished: dict[str, tuple[str, float]] = {}  # reservation id → (SETTLED | EXPIRED, until)
+        self._finished_heap: list[tuple[float, str]] = []
         self._limits: dict[str, tuple[float, tuple[int, ...]]] = {}  # record key → (expires_at, vector)
         self._released = asyncio.Event()
 
@@ -56,6 +63,10 @@ class MemoryStore:
                 self._inflight[key] = left
         self._released.set()
 
+    def _mark(self, reservation_id: str, state: str, until: float) -> None:
+        self._finished[reservation_id] = (state, until)
+        heapq.heappush(self._finished_heap, (until, reservation_id))
+
     def _purge(self, now: float) -> None:
         heap = self._reservation_heap
         while heap and heap[0][0] <= now:
@@ -63,6 +74,12 @@ class MemoryStore:
             reservation = self._reservations.get(rid)
             if reservation is not None and reservation.expires_at == expires_at:
                 self._release(rid)
+                self._mark(rid, EXPIRED, now + self.record_ttl_s)
+        finished = self._finished_heap
+        while finished and finished[0][0] <= now:
+            until, rid = heapq.heappop(finished)
+            if self._finished.get(rid, ("", 0.0))[1] == until:
+                del self._finished[rid]
         period_heap = self._period_heap
         while period_heap and period_heap[0][0] <= now:
             expires_at, period_key = heapq.heappop(period_heap)
@@ -103,6 +120,8 @@ class MemoryStore:
         state_ttl_s: int,
         replace: bool,
     ) -> ReserveOutcome:
+        if self._finished.get(reservation_id, ("", 0.0))[0] == SETTLED:
+            raise AlreadySettled(f"reservation {reservation_id} was already settled")
         self._purge(now)
         tk = team_keys(ws.team_id)
         limits = (
@@ -151,16 +170,34 @@ class MemoryStore:
         if entries:
             self._reservations[reservation_id] = _Reservation(expires_at=expires_at, entries=entries)
             heapq.heappush(self._reservation_heap, (expires_at, reservation_id))
+            self._finished.pop(reservation_id, None)
         return ReserveOutcome(ok=True, states=tuple(states))
 
-    async def settle(
-        self, ws: WindowSet, reservation_id: str, amounts: tuple[int, ...], *, now: float, grace_s: int
-    ) -> None:
+    def _settle_once(
+        self,
+        reservation_id: str,
+        key_id: str,
+        period_keys: Sequence[str],
+        period_expiry: Sequence[float],
+        amounts: tuple[int, ...],
+        now: float,
+    ) -> bool:
+        if self._finished.get(reservation_id, ("", 0.0))[0] == SETTLED:
+            return False
         self._release(reservation_id)
         for w in range(N_WINDOWS):
             amount = amounts[w % N_KINDS]
             if amount:
-                self._add_usage(ws.period_key(w), ws.field(w), amount, ws.end_of(w) + grace_s)
+                period = KIND_PERIOD[w % N_KINDS]
+                self._add_usage(period_keys[period], usage_field(w, key_id), amount, period_expiry[period])
+        self._mark(reservation_id, SETTLED, now + self.record_ttl_s)
+        return True
+
+    async def settle(
+        self, ws: WindowSet, reservation_id: str, amounts: tuple[int, ...], *, now: float, grace_s: int
+    ) -> bool:
+        expiry = tuple(end + grace_s for end in ws.period_ends)
+        return self._settle_once(reservation_id, ws.key_id, ws.period_keys, expiry, amounts, now)
 
     async def read(
         self, ws: WindowSet, team_limits: tuple[int, ...], key_limits: tuple[int, ...], *, now: float
@@ -187,15 +224,15 @@ class MemoryStore:
     async def apply(self, batches: Sequence[ReconcileBatch], *, now: float) -> None:
         # Nothing is ever deferred against an in-process store, but apply what is given faithfully.
         for batch in batches:
-            for period_key, fields in batch.usage.items():
-                expires_at = batch.expires.get(period_key, 0)
-                if expires_at > now:
-                    for field, amount in fields.items():
-                        self._add_usage(period_key, field, amount, expires_at)
             for record in batch.invalidate:
                 self._limits.pop(record, None)
-            for rid in batch.releases:
-                self._release(rid)
+            for pending in batch.settles:
+                self._apply_pending(pending, now)
+
+    def _apply_pending(self, pending: PendingSettle, now: float) -> None:
+        self._settle_once(
+            pending.reservation_id, pending.key_id, pending.period_keys, pending.period_expiry, pending.amounts, now
+        )
 
     async def wait_for_release(self, timeout_s: float) -> None:
         self._released.clear()

@@ -9,9 +9,15 @@ reserve:  purge expired reservations; read the published limits (falling back to
           add the amounts to every limited window's in-flight total and record the reservation
           (with its expiry) under its id. With ``replace`` the reservation already held under that
           id is discounted in the check and swapped for the new one in the same step.
-settle:   release the reservation (if it still exists) and add the actual amounts to the settled
-          usage of all twelve windows given (limited or not, so status can show them).
+settle:   once per reservation id: release the reservation (if it still exists) and add the actual
+          amounts to the settled usage of all twelve windows given (limited or not, so status can
+          show them); then remember the id as settled for ``record_ttl_s``, so a late, repeated or
+          reconciled settle of the same id, and an admit or readmit of it, changes nothing.
 read:     purge, then report settled, in-flight and limit for all twelve windows.
+
+A reservation id names one admission attempt (the request id plus an attempt suffix). An admit that
+reaches Redis after its deadline (the moment its caller stopped waiting) is refused by the script
+itself, so a stalled Redis cannot create reservations nobody will settle.
 """
 
 from __future__ import annotations
@@ -50,24 +56,49 @@ class ReserveOutcome:
     hard: bool = False  # when refused: settled usage alone leaves no room (waiting cannot help)
 
 
+class AdmitTooLate(StoreUnavailable):
+    """The admit reached Redis after its deadline and changed nothing (a stall, or clock skew)."""
+
+    def __init__(self, message: str, *, server_time: float | None = None) -> None:
+        super().__init__(message)
+        self.server_time = server_time
+
+
+class AlreadySettled(StoreUnavailable):
+    """An admit or readmit named a reservation id that was already settled (or released)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSettle:
+    """A settle (or a release: all amounts 0) that could not be confirmed by Redis.
+
+    Applied later through the same once-per-id step as a normal settle, so it counts exactly once
+    whether or not the first attempt had in fact reached Redis.
+    """
+
+    reservation_id: str
+    key_id: str
+    period_keys: tuple[str, str, str]  # usage hashes of the minute, day and month it counts in
+    period_expiry: tuple[int, int, int]  # when each hash may expire (unix s, caller's clock)
+    amounts: tuple[int, ...]  # per kind
+
+
 @dataclass(slots=True)
 class ReconcileBatch:
-    """Work that could not reach Redis, to be applied exactly once when it is back.
+    """Work of one team that could not reach Redis, to be applied when it is back.
 
-    ``usage``: period hash → field → amount; ``expires``: period hash → absolute unix expiry;
-    ``releases``: reservation ids to free; ``invalidate``: published-limits records to delete (their
-    publish failed, so they may be stale).
+    ``settles``: pending settles, each applied once per reservation id; ``invalidate``:
+    published-limits records to delete (their publish failed, so they may be stale). The batch id
+    makes a retried batch a no-op as a whole.
     """
 
     team_id: str
     batch_id: str
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)
-    expires: dict[str, int] = field(default_factory=dict)
-    releases: set[str] = field(default_factory=set)
+    settles: list[PendingSettle] = field(default_factory=list)
     invalidate: set[str] = field(default_factory=set)
 
     def is_empty(self) -> bool:
-        return not (self.usage or self.releases or self.invalidate)
+        return not (self.settles or self.invalidate)
 
 
 class BudgetStore(Protocol):
@@ -87,7 +118,9 @@ class BudgetStore(Protocol):
 
     async def settle(
         self, ws: WindowSet, reservation_id: str, amounts: tuple[int, ...], *, now: float, grace_s: int
-    ) -> None: ...
+    ) -> bool:
+        """True if applied, False if the id had already been settled (nothing changed)."""
+        ...
 
     async def read(
         self, ws: WindowSet, team_limits: tuple[int, ...], key_limits: tuple[int, ...], *, now: float

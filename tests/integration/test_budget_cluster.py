@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 from app.auth.principal import Limits
 from app.budgets.limiter import BudgetExceeded, BudgetLimiter
 from app.budgets.redis_store import RedisStore
+from app.budgets.store import PendingSettle
 from tests.integration.test_budget_support import FakeClock, RedisServer, principal
 
 ZERO = Decimal(0)
@@ -58,7 +59,10 @@ async def test_admit_settle_status_publish_and_reconcile_on_a_cluster(cluster: R
     # Reconciliation (what fail-open replays) goes through the cluster client too.
     windows = admission.windows
     assert windows is not None
-    limiter.ledger.add_usage(team, windows.period_keys[1], "t:tpd", 50, int(clock()) + 3600)
+    pending = PendingSettle("deferred", "key-1", windows.period_keys, (int(clock()) + 3600,) * 3, (1, 50, 50, 50, 0, 0))
+    limiter.ledger.add_settle(team, pending)
+    assert await limiter.reconcile_now()
+    limiter.ledger.add_settle(team, pending)  # the same settle again (its first reply lost): a no-op
     assert await limiter.reconcile_now()
     assert (await limiter.status(who))["team"]["tokens_per_day"]["used"] == 550
     await limiter.aclose()

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from app.auth.principal import Limits
 from app.budgets.limiter import BudgetBackendUnavailable, BudgetLimiter
 from app.budgets.redis_store import RedisStore, connect_budget_redis
-from app.budgets.store import ReconcileBatch
+from app.budgets.store import PendingSettle, ReconcileBatch
 from app.budgets.windows import windows_at
 from tests.integration.test_budget_support import FakeClock, RedisServer, principal
 
@@ -147,20 +147,27 @@ async def test_a_settle_that_failed_releases_its_reservation_once_redis_is_back(
     await limiter.aclose()
 
 
-async def test_a_reconcile_batch_applies_exactly_once(client: aioredis.Redis) -> None:
+async def test_a_reconciled_settle_counts_exactly_once(client: aioredis.Redis) -> None:
     store = RedisStore(client)
     now = FakeClock()()
-    day = windows_at("team-x", "k", now).period_keys[1]
-    batch = ReconcileBatch(
-        team_id="team-x",
-        batch_id=uuid.uuid4().hex,
-        usage={day: {"t:tpd": 42, "k:k:tpd": 42}},
-        expires={day: int(now) + 3600},
-    )
-    await store.apply([batch], now=now)
-    await store.apply([batch], now=now)  # a retry after a lost reply
-    assert await client.hgetall(day) == {b"t:tpd": b"42", b"k:k:tpd": b"42"}
-    assert 3500 < await client.ttl(day) <= 3600
+    team = uuid.uuid4().hex
+    ws = windows_at(team, "k", now)
+    expiry = (int(now) + 3600,) * 3
+
+    def batch(*ids: str) -> ReconcileBatch:
+        settles = [PendingSettle(rid, "k", ws.period_keys, expiry, (0, 0, 42, 0, 0, 0)) for rid in ids]
+        return ReconcileBatch(team_id=team, batch_id=uuid.uuid4().hex, settles=settles)
+
+    first = batch("r1")
+    await store.apply([first], now=now)
+    await store.apply([first], now=now)  # the same batch retried after a lost reply
+    await store.apply([batch("r1")], now=now)  # the same settle in a new batch
+    # A settle that reached Redis (its reply lost) and was then also counted locally and reconciled:
+    assert await store.settle(ws, "r2", (0, 0, 42, 0, 0, 0), now=now, grace_s=60)
+    await store.apply([batch("r2", "r3")], now=now)
+    assert not await store.settle(ws, "r3", (0, 0, 42, 0, 0, 0), now=now, grace_s=60)  # already settled
+    assert await client.hgetall(ws.period_keys[1]) == {b"t:tpd": b"126", b"k:k:tpd": b"126"}
+    assert 3500 < await client.ttl(ws.period_keys[1]) <= 3600
 
 
 async def _ledger_empty(limiter: BudgetLimiter) -> bool:

@@ -6,6 +6,7 @@ Time is an injected clock: windows roll and reservations expire without sleeping
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -15,22 +16,21 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.auth.principal import Limits
-from app.budgets.limiter import BudgetExceeded, BudgetLimiter
+from app.budgets.limiter import BudgetBackendUnavailable, BudgetExceeded, BudgetLimiter
+from app.budgets.limits import limits_vector
 from app.budgets.memory_store import MemoryStore
 from app.budgets.redis_store import RedisStore, connect_budget_redis
-from app.budgets.windows import team_keys
+from app.budgets.store import AdmitTooLate, AlreadySettled
+from app.budgets.windows import amounts_vector, team_keys, windows_at
 from tests.integration.test_budget_support import START, FakeClock, principal
 
 MakeLimiter = Callable[..., BudgetLimiter]
 ZERO = Decimal(0)
 
 
-@pytest.fixture(params=["memory", "redis", "redis-py"])
+@pytest.fixture(params=["memory", "redis"])
 async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimiter]:
-    """Builds limiters on one shared store of the parametrized kind (like replicas sharing Redis).
-
-    ``redis`` goes through the lean pipelined connection (plain TCP); ``redis-py`` through redis-py's
-    pipelines, the path TLS and Unix-socket deployments take."""
+    """Builds limiters on one shared store of the parametrized kind (like replicas sharing Redis)."""
     made: list[BudgetLimiter] = []
     client: aioredis.Redis | None = None
     memory = MemoryStore()
@@ -39,8 +39,6 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimi
 
     def make(clock: FakeClock, **options: object) -> BudgetLimiter:
         store = RedisStore(client) if client is not None else memory
-        if request.param == "redis-py":
-            store._caller.fast = None  # type: ignore[union-attr]
         options.setdefault("wait_ms", 0)
         options.setdefault("reservation_ttl_s", 900)
         limiter = BudgetLimiter(store, clock=clock, **options)  # type: ignore[arg-type]
@@ -340,15 +338,18 @@ async def test_headers_describe_the_tightest_window(make_limiter: MakeLimiter) -
     anthropic = admission.headers_for("anthropic")
     assert anthropic == {
         "anthropic-ratelimit-tokens-limit": "5000",  # the key's minute window has least room left
-        "anthropic-ratelimit-tokens-remaining": "4000",
+        "anthropic-ratelimit-tokens-remaining": "5000",  # nothing settled yet ...
+        "x-tollway-budget-reserved-tokens": "1000",  # ... and this request's reservation in flight
         "anthropic-ratelimit-tokens-reset": "2031-01-31T23:00:00Z",
         "anthropic-ratelimit-requests-limit": "20",
-        "anthropic-ratelimit-requests-remaining": "19",
+        "anthropic-ratelimit-requests-remaining": "20",
+        "x-tollway-budget-reserved-requests": "1",
         "anthropic-ratelimit-requests-reset": "2031-01-31T23:00:00Z",
     }
     openai = admission.headers_for("openai")
     assert openai["x-ratelimit-limit-tokens"] == "5000"
-    assert openai["x-ratelimit-remaining-tokens"] == "4000"
+    assert openai["x-ratelimit-remaining-tokens"] == "5000"
+    assert openai["x-tollway-budget-reserved-tokens"] == "1000"
     assert openai["x-ratelimit-reset-tokens"] == "1m0s"  # 59.5 s, rounded up
     assert openai["x-ratelimit-limit-requests"] == "20"
     assert openai["x-ratelimit-reset-requests"] == "1m0s"
@@ -357,7 +358,8 @@ async def test_headers_describe_the_tightest_window(make_limiter: MakeLimiter) -
     clock.advance(60)  # 23:00:00.5, a new minute: now the day window is tightest
     admission = await limiter.admit(who, tokens=2_000, usd=ZERO, request_id="h2")
     openai = admission.headers_for("openai")
-    assert (openai["x-ratelimit-limit-tokens"], openai["x-ratelimit-remaining-tokens"]) == ("5500", "2500")
+    assert (openai["x-ratelimit-limit-tokens"], openai["x-ratelimit-remaining-tokens"]) == ("5500", "4500")
+    assert openai["x-tollway-budget-reserved-tokens"] == "2000"
     assert openai["x-ratelimit-reset-tokens"] == "1h0m0s"
 
 
@@ -477,3 +479,124 @@ async def test_an_admit_cancelled_in_flight_leaves_nothing_reserved(redis_url: s
     await limiter.admit(who, tokens=1000, usd=ZERO, request_id="next")
     await limiter.aclose()
     await client.aclose()
+
+
+# ---- idempotency per reservation id -----------------------------------------------------------------
+
+
+async def _reserve(limiter: BudgetLimiter, who: object, rid: str, tokens: int, *, replace: bool = False) -> object:
+    clock = limiter.clock
+    ws = windows_at(who.team_id, who.key_id, clock())  # type: ignore[attr-defined]
+    return await limiter.store.reserve(
+        ws,
+        rid,
+        amounts_vector(tokens, 0),
+        limits_vector(who.team_limits),  # type: ignore[attr-defined]
+        limits_vector(who.key_limits),  # type: ignore[attr-defined]
+        now=clock(),
+        expires_at=clock() + 60,
+        state_ttl_s=120,
+        replace=replace,
+    )
+
+
+async def test_a_settled_id_can_be_neither_admitted_nor_settled_again(make_limiter: MakeLimiter) -> None:
+    """The order a stall can produce: the release of a failed admit lands before the admit itself."""
+    clock = FakeClock()
+    limiter = make_limiter(clock)
+    who = principal(new_team(), team=Limits(tokens_per_day=1000))
+    ws = windows_at(who.team_id, who.key_id, clock())
+    assert await limiter.store.settle(ws, "released-first", amounts_vector(0, 0, 0), now=clock(), grace_s=120)
+    with pytest.raises(AlreadySettled):
+        await _reserve(limiter, who, "released-first", 400)
+    assert await limiter.store.settle(ws, "done", amounts_vector(30, 0), now=clock(), grace_s=120)
+    assert not await limiter.store.settle(ws, "done", amounts_vector(30, 0), now=clock(), grace_s=120)
+    day = (await limiter.status(who))["team"]["tokens_per_day"]
+    assert (day["used"], day["reserved"]) == (30, 0)
+
+
+async def test_a_repeated_readmit_holds_the_new_amount_once(make_limiter: MakeLimiter) -> None:
+    clock = FakeClock()
+    limiter = make_limiter(clock)
+    who = principal(new_team(), team=Limits(tokens_per_day=1000))
+    admission = await limiter.admit(who, tokens=200, usd=ZERO, request_id="r")
+    for _ in range(2):  # the second as a resend whose first reply was lost
+        outcome = await _reserve(limiter, who, admission.reservation_id, 500, replace=True)
+        assert outcome.ok  # type: ignore[attr-defined]
+    assert (await limiter.status(who))["team"]["tokens_per_day"]["reserved"] == 500
+    await limiter.settle(admission, tokens=50, usd=ZERO)  # the old handle's id: frees what is held
+    day = (await limiter.status(who))["team"]["tokens_per_day"]
+    assert (day["used"], day["reserved"]) == (50, 0)
+    with pytest.raises(AlreadySettled):  # a readmit arriving after the settle changes nothing
+        await _reserve(limiter, who, admission.reservation_id, 500, replace=True)
+
+
+async def test_an_expired_reservation_settled_late_counts_once(make_limiter: MakeLimiter) -> None:
+    clock = FakeClock()
+    limiter = make_limiter(clock, reservation_ttl_s=60)
+    who = principal(new_team(), team=Limits(tokens_per_day=1000))
+    admission = await limiter.admit(who, tokens=400, usd=ZERO, request_id="slow")
+    clock.advance(61)
+    assert (await limiter.status(who))["team"]["tokens_per_day"]["reserved"] == 0  # released on expiry
+    await limiter.settle(admission, tokens=70, usd=ZERO)
+    ws = windows_at(who.team_id, who.key_id, clock())
+    assert not await limiter.store.settle(ws, admission.reservation_id, amounts_vector(70, 0), now=clock(), grace_s=9)
+    assert (await limiter.status(who))["team"]["tokens_per_day"]["used"] == 70
+
+
+async def test_an_admit_reaching_redis_after_its_deadline_changes_nothing(redis_url: str) -> None:
+    client = connect_budget_redis(redis_url)
+    late = RedisStore(client, wall=lambda: time.time() - 5)  # as if it had waited 5 s in a stalled Redis
+    limiter = BudgetLimiter(late, clock=FakeClock(), wait_ms=0)
+    who = principal(new_team(), team=Limits(tokens_per_day=1000))
+    with pytest.raises(BudgetBackendUnavailable):
+        await limiter.admit(who, tokens=400, usd=ZERO, request_id="late")
+    with pytest.raises(AdmitTooLate):
+        await _reserve(limiter, who, "late-2", 400)
+    on_time = BudgetLimiter(RedisStore(client), clock=FakeClock(), wait_ms=0)
+    day = (await on_time.status(who))["team"]["tokens_per_day"]
+    assert (day["used"], day["reserved"]) == (0, 0)
+    await limiter.aclose()
+    await on_time.aclose()
+    await client.aclose()
+
+
+# ---- capping the output to the budget left ------------------------------------------------------------
+
+
+async def test_the_output_cap_policy_admits_with_what_is_left(make_limiter: MakeLimiter) -> None:
+    clock = FakeClock()
+    limiter = make_limiter(clock)
+    team = new_team()
+    who = principal(team, team=Limits(tokens_per_day=1000, usd_per_day="1"), cap_output_to_budget=True)
+    spent = await limiter.admit(who, tokens=900, usd=Decimal("0.5"), request_id="spent")
+    await limiter.settle(spent, tokens=900, usd=Decimal("0.5"))
+
+    # 50 input + 250 output does not fit 100 tokens left: the output is capped to 50.
+    capped = await limiter.admit(
+        who, tokens=300, usd=Decimal("0.3"), request_id="capped", output_tokens=250, output_usd=Decimal("0.25")
+    )
+    assert capped.output_cap == 50 and capped.tokens == 100 and capped.usd == Decimal("0.1")
+    assert capped.headers_for("openai")["x-tollway-budget-reserved-tokens"] == "100"
+    with pytest.raises(BudgetExceeded):  # nothing left for another request's input
+        await limiter.admit(who, tokens=300, usd=ZERO, request_id="next", output_tokens=250)
+    await limiter.settle(capped, tokens=100, usd=Decimal("0.1"))
+
+    # The same request from a team without the policy is refused, as before.
+    strict = principal(team, "key-b", team=Limits(tokens_per_day=2000))
+    with pytest.raises(BudgetExceeded):
+        await limiter.admit(strict, tokens=3000, usd=ZERO, request_id="strict", output_tokens=2500)
+
+
+async def test_the_output_cap_also_respects_usd_windows(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(FakeClock())
+    who = principal(new_team(), team=Limits(usd_per_day="0.01"), cap_output_to_budget=True)
+    # $0.002 of input + 1,000 output tokens at $0.00002 each ($0.02): only 400 output tokens fit.
+    capped = await limiter.admit(
+        who, tokens=1100, usd=Decimal("0.022"), request_id="u", output_tokens=1000, output_usd=Decimal("0.02")
+    )
+    assert capped.output_cap == 400 and capped.usd == Decimal("0.01")
+    with pytest.raises(BudgetExceeded):  # the input alone no longer fits
+        await limiter.admit(
+            who, tokens=1100, usd=Decimal("0.022"), request_id="v", output_tokens=1000, output_usd=Decimal("0.02")
+        )

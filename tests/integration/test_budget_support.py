@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import queue
 import random
+import signal
 import socket
 import subprocess
 import tempfile
@@ -49,6 +50,7 @@ def principal(
     team: Limits | None = None,
     key: Limits | None = None,
     default_max_tokens: int | None = None,
+    cap_output_to_budget: bool = False,
 ) -> Principal:
     from app.auth.principal import TeamPolicy
 
@@ -57,7 +59,7 @@ def principal(
         team_name=f"team-{team_id[:8]}",
         key_id=key_id,
         key_prefix="tw-test",
-        policy=TeamPolicy(default_max_tokens=default_max_tokens),
+        policy=TeamPolicy(default_max_tokens=default_max_tokens, cap_output_to_budget=cap_output_to_budget),
         team_limits=team or Limits(),
         key_limits=key or Limits(),
     )
@@ -80,9 +82,10 @@ class RedisServer:
     span slots fail with CROSSSLOT exactly as on a real cluster.
     """
 
-    def __init__(self, port: int | None = None, *, cluster: bool = False) -> None:
+    def __init__(self, port: int | None = None, *, cluster: bool = False, durable: bool = False) -> None:
         self.port = port or free_port(below=55535 if cluster else 65536)
         self.cluster = cluster
+        self.durable = durable  # append-only file fsync'd on every write: a restart keeps the data
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="tollway-redis-")
 
@@ -100,8 +103,10 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.durable else "no",
         ]
+        if self.durable:
+            argv += ["--appendfsync", "always"]
         argv += ["--dir", self._dir.name]
         if self.cluster:
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
@@ -141,8 +146,18 @@ class RedisServer:
         except OSError:
             return b""
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections (and the kernel keeps accepting) but answers nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.resume()
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
@@ -277,3 +292,165 @@ def combine(reports: list[WorkerReport]) -> WorkerReport:
         total.max_actual = max(total.max_actual, report.max_actual)
         total.retries += report.retries
     return total
+
+
+# ---- churn across a stalled or killed Redis -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChurnWorkload:
+    """Admit → (readmit) → settle loops against one team, for ``seconds`` after every worker is ready.
+
+    The clock the limiter sees is frozen (no reservation or record ever expires), so whatever is
+    still reserved at the end was orphaned, and the usage in Redis must equal what was settled.
+    """
+
+    redis_url: str
+    team_id: str
+    seconds: float = 6.0
+    concurrency: int = 40
+    reply_timeout_s: float = 0.3
+    worst_case_tokens: int = 100
+    readmit_share: float = 0.25
+
+
+@dataclass
+class ChurnReport:
+    policy: str = ""
+    key_id: str = ""
+    admitted: int = 0
+    degraded: int = 0  # admitted under fail-open while Redis was unavailable
+    unavailable: int = 0  # refused with 503 (fail-closed)
+    readmits: int = 0
+    settles: int = 0
+    settled_tokens: int = 0
+    pending_after_close: int = 0
+
+
+async def _churn(workload: ChurnWorkload, policy: str, seed: int, ready: Any, go: Any) -> ChurnReport:
+    from app.budgets.limiter import BudgetBackendUnavailable, BudgetLimiter
+    from app.budgets.redis_store import RedisStore, connect_budget_redis
+
+    rng = random.Random(seed)
+    redis = connect_budget_redis(workload.redis_url, socket_timeout=workload.reply_timeout_s)
+    limiter = BudgetLimiter(
+        RedisStore(redis),
+        failure_policy=policy,
+        wait_ms=0,
+        clock=lambda: START,
+        breaker_s=0.2,
+        reconcile_interval_s=0.1,
+    )
+    report = ChurnReport(policy=policy, key_id=f"key-{seed}")
+    who = principal(
+        workload.team_id,
+        report.key_id,
+        team=Limits(tokens_per_day=10**12, requests_per_minute=10**9),
+        key=Limits(tokens_per_minute=10**12),
+    )
+    worst = workload.worst_case_tokens
+    ready.set()
+    await asyncio.get_running_loop().run_in_executor(None, go.wait, 60)
+    stop = time.monotonic() + workload.seconds
+
+    async def loop(c: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            n += 1
+            try:
+                admission = await limiter.admit(who, tokens=worst, usd=Decimal(0), request_id=f"w{seed}-{c}-{n}")
+            except BudgetBackendUnavailable:
+                report.unavailable += 1
+                await asyncio.sleep(0.02)
+                continue
+            report.admitted += 1
+            report.degraded += admission.degraded
+            await asyncio.sleep(rng.uniform(0.001, 0.02))
+            if rng.random() < workload.readmit_share:
+                try:  # a fallback to a pricier model
+                    admission = await limiter.readmit(admission, tokens=worst * 3 // 2, usd=Decimal(0))
+                    report.readmits += 1
+                except BudgetBackendUnavailable:
+                    pass  # the original reservation stands and is settled below
+            actual = rng.randint(1, worst)
+            await limiter.settle(admission, tokens=actual, usd=Decimal(0))
+            report.settles += 1
+            report.settled_tokens += actual
+
+    await asyncio.gather(*(loop(c) for c in range(workload.concurrency)))
+    drain_until = time.monotonic() + 15
+    while (limiter.ledger or limiter._background) and time.monotonic() < drain_until:
+        await limiter.reconcile_now()
+        await asyncio.sleep(0.1)
+    report.pending_after_close = limiter.ledger.pending_settles()
+    await limiter.aclose()
+    await redis.aclose()
+    return report
+
+
+def _churn_main(workload: ChurnWorkload, policy: str, seed: int, ready: Any, go: Any, results: Any) -> None:
+    results.put(asyncio.run(_churn(workload, policy, seed, ready, go)))
+
+
+class ChurnProcesses:
+    """One worker process per policy; ``start`` returns once every worker is about to send."""
+
+    def __init__(self, workload: ChurnWorkload, policies: tuple[str, ...]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.ready = [ctx.Event() for _ in policies]
+        self.go = ctx.Event()
+        self.results = ctx.Queue()
+        self.procs = [
+            ctx.Process(target=_churn_main, args=(workload, policy, n, self.ready[n], self.go, self.results))
+            for n, policy in enumerate(policies)
+        ]
+
+    def start(self) -> None:
+        for proc in self.procs:
+            proc.start()
+        for event in self.ready:
+            if not event.wait(60):
+                raise RuntimeError("a churn worker did not start")
+        self.go.set()
+
+    def join(self, timeout_s: float = 120) -> list[ChurnReport]:
+        reports: list[ChurnReport] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(reports) < len(self.procs):
+                try:
+                    reports.append(self.results.get(timeout=0.2))
+                except queue.Empty:
+                    dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
+                    if dead or time.monotonic() > deadline:
+                        raise RuntimeError(f"churn workers failed (exit codes {dead})") from None
+            for proc in self.procs:
+                proc.join(timeout=30)
+        finally:
+            for proc in self.procs:
+                if proc.is_alive():
+                    proc.kill()
+        return reports
+
+
+def redis_budget_state(redis_url: str, team_id: str) -> dict[str, Any]:
+    """The team's raw budget state in Redis: in-flight amounts, reservation records by state, usage."""
+    import redis as sync_redis
+
+    from app.budgets.windows import team_keys, windows_at
+
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        keys = team_keys(team_id)
+        records = client.hgetall(keys.reservations)
+        ws = windows_at(team_id, "", START)
+        return {
+            "inflight": {k.decode(): int(v) for k, v in client.hgetall(keys.inflight).items()},
+            "live": [rid for rid, rec in records.items() if rec not in (b"s", b"x")],
+            "expired": [rid for rid, rec in records.items() if rec == b"x"],
+            "settled_records": sum(1 for rec in records.values() if rec == b"s"),
+            "minute": {k.decode(): int(v) for k, v in client.hgetall(ws.period_keys[0]).items()},
+            "day": {k.decode(): int(v) for k, v in client.hgetall(ws.period_keys[1]).items()},
+        }
+    finally:
+        client.close()

@@ -223,11 +223,14 @@ async def ledger_total(stack: Stack, team: Team, requests: int, timeout_s: float
 
 
 async def in_flight_in_redis(redis_url: str, team_id: str) -> tuple[dict[Any, Any], dict[Any, Any]]:
-    """The raw in-flight amounts and reservation records of the team, straight from Redis."""
+    """The raw in-flight amounts and live reservation records of the team, straight from Redis (a
+    settled or expired reservation leaves a record ``s`` / ``x`` that makes a repeated settle a no-op)."""
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         keys = team_keys(team_id)
-        return await client.hgetall(keys.inflight), await client.hgetall(keys.reservations)
+        records = await client.hgetall(keys.reservations)
+        live = {rid: rec for rid, rec in records.items() if rec not in (b"s", b"x")}
+        return await client.hgetall(keys.inflight), live
     finally:
         await client.aclose()
 
@@ -319,14 +322,17 @@ async def test_concurrent_requests_never_overspend(stack: Stack) -> None:
     # at least 50 were served, and no more than the budget holds at the smallest actual usage.
     assert 50 <= len(served) <= BUDGET // min(c.tokens for c in served)
     assert {c.api for c in served} == {"anthropic", "openai"}
-    # Successful answers carry the remaining budget, in their client's header names.
+    # Successful answers carry the remaining budget (settled usage), in their client's header names,
+    # and what requests in flight hold (this one's reservation included) in a header of its own.
     for call in served:
         if call.api == "anthropic":
             assert int(call.headers["anthropic-ratelimit-tokens-limit"]) == BUDGET
-            assert 0 <= int(call.headers["anthropic-ratelimit-tokens-remaining"]) <= BUDGET - WORST
+            remaining = int(call.headers["anthropic-ratelimit-tokens-remaining"])
         else:
             assert int(call.headers["x-ratelimit-limit-tokens"]) == BUDGET
-            assert 0 <= int(call.headers["x-ratelimit-remaining-tokens"]) <= BUDGET - WORST
+            remaining = int(call.headers["x-ratelimit-remaining-tokens"])
+        reserved = int(call.headers["x-tollway-budget-reserved-tokens"])
+        assert WORST <= reserved <= remaining <= BUDGET
     assert settled > BUDGET - WORST
 
 
