@@ -23,7 +23,8 @@ import orjson
 from app.auth.keystore import KeyStore, KeyStoreUnavailable
 from app.auth.principal import Principal
 from app.bookkeeping import Bookkeeper, Ending
-from app.budgets.estimate import InvalidBudgetRequest, worst_case
+from app.budgets.errors import as_gateway_error
+from app.budgets.estimate import InvalidBudgetRequest, worst_case_parts
 from app.budgets.limiter import Admission, BudgetBackendUnavailable, BudgetExceeded, Limiter
 from app.budgets.shares import BudgetShares
 from app.caching.prompt_cache import PROMPT_CACHE_HEADER, apply_breakpoints, prompt_cache_enabled
@@ -180,15 +181,15 @@ class Pipeline:
         model = plan.candidates[0].model
         try:
             # Reserve for exactly the output cap the upstream will be sent (see prepare).
-            tokens, usd = worst_case(with_output_cap(chat, model, principal), model, principal, self.settings)
-            admission = await self.limiter.admit(principal, tokens=tokens, usd=usd, request_id=request_id)
+            parts = worst_case_parts(with_output_cap(chat, model, principal), model, principal, self.settings)
+            admission = await self.limiter.admit(principal, request_id=request_id, **parts.admit_kwargs())  # type: ignore[arg-type]
         except InvalidBudgetRequest as err:
             raise invalid(str(err), "max_tokens") from err
         except BudgetExceeded as err:
             self.metrics.budget_rejected(principal.team_name, err.window)
-            raise budget_exceeded(err) from err
+            raise as_gateway_error(err) from err
         except BudgetBackendUnavailable as err:
-            raise GatewayError("unavailable", "budget store unavailable: request refused (fail-closed policy)") from err
+            raise as_gateway_error(err) from err
         if principal.policy.downgrade_at_budget_share is not None:
             self.budget_shares.note(principal.team_id, admission.token_budget_share_used())
         return admission
@@ -269,11 +270,15 @@ class Pipeline:
         req = with_output_cap(req, model, principal)
         if candidate is not plan.candidates[0]:
             # A fallback or escalation to another model: the reservation must cover its price.
-            tokens, usd = worst_case(req, model, principal, self.settings)
+            parts = worst_case_parts(req, model, principal, self.settings)
             try:
-                trail.admission = await self.limiter.readmit(trail.admission, tokens=tokens, usd=usd)
-            except BudgetExceeded as err:
-                raise budget_exceeded(err) from err
+                trail.admission = await self.limiter.readmit(trail.admission, **parts.admit_kwargs())  # type: ignore[arg-type]
+            except (BudgetExceeded, BudgetBackendUnavailable) as err:
+                raise as_gateway_error(err) from err
+        cap = trail.admission.output_cap
+        if cap is not None and req.max_tokens is not None and cap < req.max_tokens:
+            # The team's policy lets the request run with its output capped to what the budget has left.
+            req = dataclasses.replace(req, max_tokens=cap)
         provider_kind = self.catalog.providers[model.all_deployments(candidate.name)[0].provider].kind
         route = self.catalog.routes.get(plan.route) if plan.route else None
         policy = principal.policy
@@ -435,18 +440,6 @@ def bearer_or_api_key(headers: Mapping[str, str]) -> str | None:
 def route_error(err: RouteError) -> GatewayError:
     headers = {"retry-after": retry_after_value(err.retry_after_s)} if err.retry_after_s else {}
     return GatewayError(err.kind, err.message, status=err.status, headers=headers)  # type: ignore[arg-type]
-
-
-def budget_exceeded(err: BudgetExceeded) -> GatewayError:
-    """The one 429 for a budget or rate limit, wherever in the journey it is hit."""
-    return GatewayError(
-        "rate_limit",
-        err.message(),
-        headers={
-            "retry-after": retry_after_value(err.retry_after_s),
-            "x-should-retry": "false" if err.never_fits or err.retry_after_s > 60 else "true",
-        },
-    )
 
 
 def with_output_cap(req: ChatRequest, model: ModelConfig, principal: Principal) -> ChatRequest:

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from app.budgets.headers import rfc3339
-from app.errors import GatewayError
+from app.errors import GatewayError, retry_after_value
 
 # openai-python 1.x honours retry-after only up to 60 s (3.x up to 120 s): a longer wait means
 # "this budget is spent for the window", which a client should not retry automatically.
@@ -98,7 +98,7 @@ def as_gateway_error(err: BudgetExceeded | BudgetBackendUnavailable) -> GatewayE
         "rate_limit",
         err.message(),
         headers={
-            "retry-after": str(err.retry_after_s),
+            "retry-after": retry_after_value(err.retry_after_s),
             "x-should-retry": "true" if err.should_retry else "false",
         },
     )

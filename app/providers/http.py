@@ -33,7 +33,7 @@ from app.config import ProviderConfig
 from app.domain import StreamEvent
 from app.providers.base import UpstreamError
 from app.providers.body import BoundedBody, malformed, read_body
-from app.providers.retry_after import parse_retry_after
+from app.routing.retry_after import parse_retry_after
 from app.wire.checks import MalformedReply
 from app.wire.sse import SSEError, SSEEvent, SSEParser
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config import Deployment
-from app.providers.retry_after import RETRY_AFTER_CAP_S, clamp_retry_after
+from app.routing.retry_after import RETRY_AFTER_CAP_S, clamp_retry_after
 
 Clock = Callable[[], float]
 

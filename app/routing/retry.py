@@ -15,7 +15,7 @@ Policy (``docs/routing.md`` has the whole attempt loop):
   ``retry-after`` (``DeploymentHealth.finished(..., retry_after_s=...)``) and fall back. Negative
   rather than infinite on purpose: a caller that forgets the check sleeps 0 s, not forever.
 
-``retry-after`` itself is read by ``app.providers.retry_after`` (the only parser), which never
+``retry-after`` itself is read by ``app.routing.retry_after`` (the only parser), which never
 returns more than ``RETRY_AFTER_CAP_S``.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 
-from app.providers.retry_after import clamp_retry_after
+from app.routing.retry_after import clamp_retry_after
 
 FALL_BACK = -1.0  # backoff_delay's answer when retry-after exceeds the cap: do not wait, fall back
 

@@ -26,8 +26,8 @@ from app.errors import ErrorKind
 from app.providers.anthropic import AnthropicProvider
 from app.providers.base import UpstreamError
 from app.providers.openai_compat import OpenAICompatProvider
-from app.providers.retry_after import RETRY_AFTER_CAP_S
 from app.routing.health import DeploymentHealth
+from app.routing.retry_after import RETRY_AFTER_CAP_S
 from app.wire import anthropic as anthropic_wire
 
 Provider = AnthropicProvider | OpenAICompatProvider

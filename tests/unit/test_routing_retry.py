@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from app.providers.retry_after import RETRY_AFTER_CAP_S, parse_retry_after
 from app.routing.retry import FALL_BACK, backoff_delay, is_retryable
+from app.routing.retry_after import RETRY_AFTER_CAP_S, parse_retry_after
 
 
 @pytest.mark.parametrize("status", [None, 408, 429, 500, 502, 503, 504, 529, 599])
