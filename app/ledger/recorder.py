@@ -147,10 +147,11 @@ class Recorder:
             if depth >= self.batch_size:
                 self._batch_full.set()
         except Exception:
-            # Whatever failed (a closed loop waking the writer, say), the event is kept: the
-            # overflow is spooled by its own task or saved by aclose. Twice is harmless (idempotent).
-            log.exception("usage ledger: record failed; the event goes to the overflow")
-            self._overflow.append(event)
+            # Whatever failed (a closed loop waking the writer, say), the event is kept: in the
+            # queue, or in the overflow, which its own task spools and aclose saves.
+            log.exception("usage ledger: record failed; the event is kept")
+            if not (self._queue and self._queue[-1] is event):  # queued already, only the wake-up failed
+                self._overflow.append(event)
 
     def _save_after_close(self, events: Sequence[UsageEvent]) -> None:
         """An event recorded after ``aclose``: no writer is left, so straight to the local file."""

@@ -150,6 +150,8 @@ class DiskSpool:
     def append_blocking(self, events: Sequence[UsageEvent]) -> None:
         if events:
             self._append_sync(b"".join(_encode(e) + b"\n" for e in events), len(events))
+            with self._lock:  # the last write of this spool: unlocked, so anyone may replay it
+                self._seal_active()
 
     async def promote(self) -> int:
         return 0

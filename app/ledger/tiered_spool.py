@@ -30,6 +30,8 @@ from app.ledger.spool import DiskSpool, RedisSpool, Spool, SpoolBatch
 
 log = logging.getLogger(__name__)
 
+FAILED: Any = object()  # what ``_on_primary`` returns when Redis failed
+
 
 def build_spool(redis: Any, spool_dir: str | Path, *, stream_key: str = "tw:ledger:spool") -> Spool:
     """The gateway's spool: Redis with a local file behind it, or the local file alone."""
@@ -73,7 +75,7 @@ class TieredSpool:
         await self._on_primary(self.primary.open())
 
     async def append(self, events: Sequence[UsageEvent]) -> None:
-        if self._primary_up and await self._on_primary(self.primary.append(events)):
+        if self._primary_up and await self._on_primary(self.primary.append(events)) is not FAILED:
             return
         await self.fallback.append(events)
 
@@ -87,7 +89,7 @@ class TieredSpool:
         if not self._may_try_primary():
             return None
         remote = await self._on_primary(self.primary.read(max_events))
-        if not remote:  # None (empty) or False (Redis failed)
+        if remote is None or remote is FAILED:
             return None
         return SpoolBatch(remote.events, ("redis", remote))
 
@@ -95,7 +97,7 @@ class TieredSpool:
         where, inner = batch.token
         if where == "local":
             await self.fallback.ack(inner)
-        elif not await self._on_primary(self.primary.ack(inner)):
+        elif await self._on_primary(self.primary.ack(inner)) is FAILED:
             # Not deleted: the batch will be replayed, and the idempotent insert makes it a no-op.
             log.warning("usage spool: could not acknowledge %d events in Redis", len(batch.events))
 
@@ -106,7 +108,7 @@ class TieredSpool:
             local = await self.fallback.read(10_000)
             if local is None:
                 break
-            if not await self._on_primary(self.primary.append(local.events)):
+            if await self._on_primary(self.primary.append(local.events)) is FAILED:
                 await self.fallback.release(local)
                 break
             await self.fallback.ack(local)
@@ -118,7 +120,7 @@ class TieredSpool:
     async def size(self) -> int:
         local = await self.fallback.size()
         remote = await self._on_primary(self.primary.size())
-        return local + (remote if remote is not False else self.primary.pending)
+        return local + (self.primary.pending if remote is FAILED else remote)
 
     async def aclose(self) -> None:
         await self.fallback.aclose()
@@ -130,8 +132,8 @@ class TieredSpool:
         return self._primary_up or self._clock() >= self._retry_at
 
     async def _on_primary(self, call: Any) -> Any:
-        """Await a Redis call with the timeout; its result, or False when Redis failed (marked
-        down until the backoff expires)."""
+        """Await a Redis call with the timeout; its result, or ``FAILED`` when Redis failed
+        (marked down until the backoff expires)."""
         try:
             async with asyncio.timeout(self.primary_timeout_s):
                 result = await call
@@ -141,7 +143,7 @@ class TieredSpool:
             self._primary_up = False
             self._retry_at = self._clock() + self._retry_s
             self._retry_s = min(self._retry_s * 2, self._retry_max_s)
-            return False
+            return FAILED
         if not self._primary_up:
             log.info("usage spool: Redis answers again")
         self._primary_up = True

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio
 from sqlalchemy import func, select, text
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_engine
 from app.db.migrate import upgrade
-from app.db.tables import USAGE_COLUMNS, usage_events
+from app.db.tables import USAGE_COLUMNS, ledger_dead_letters, usage_events
 from app.ledger.events import UsageEvent
 from app.ledger.recorder import Recorder
 from app.ledger.spool import DiskSpool, RedisSpool, Spool
@@ -192,8 +193,14 @@ async def test_a_row_the_database_rejects_does_not_block_the_batch(
         await recorder.flush()
         assert sorted(r.request_id for r in await rows(engine)) == sorted(e.request_id for e in good)
         assert recorder.stats.rejected == 2
-        assert "req_bad" in caplog.text and "req_worse" in caplog.text  # logged with their JSON
+        assert "req_bad" in caplog.text and "req_worse" in caplog.text  # logged with their ids
         assert recorder.spool_size == 0
+        # Kept, not dropped: in the dead-letter table with their JSON and the error.
+        async with engine.connect() as conn:
+            dead = (await conn.execute(select(ledger_dead_letters))).all()
+        assert sorted(d.request_id for d in dead) == ["req_bad", "req_worse"]
+        assert all(UsageEvent.from_json_dict(orjson.loads(d.event_json)).request_id == d.request_id for d in dead)
+        assert all(d.error for d in dead)
     finally:
         await recorder.aclose()
         await engine.dispose()
@@ -220,7 +227,7 @@ async def test_sqlite_sends_one_insert_text_whatever_the_batch_size(tmp_path: Pa
     insert_texts: set[str] = set()
 
     def note_insert(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("INSERT"):
+        if statement.startswith("INSERT INTO usage_events"):
             insert_texts.add(statement)
 
     listen(engine.sync_engine, "before_cursor_execute", note_insert)
