@@ -66,7 +66,7 @@ async def main(args: argparse.Namespace) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("started", flush=True)
     if args.drain:
-        while await recorder.spool.size() or recorder.queue_depth:
+        while await recorder.spool.size() or recorder.queue_depth:  # noqa: ASYNC110 (polls the spool)
             await asyncio.sleep(0.1)
         print(f"drained {recorder.stats.replayed}", flush=True)
     else:

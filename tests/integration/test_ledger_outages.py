@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis as sync_redis
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.budgets.redis_store import connect_budget_redis
 from app.db.engine import create_engine

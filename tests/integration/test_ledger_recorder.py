@@ -483,3 +483,44 @@ async def test_redis_spool_round_trip(redis_url: str) -> None:
     finally:
         await client.delete(spool.stream_key)
         await client.aclose()
+
+
+async def test_strings_postgres_refuses_are_escaped_not_dropped(engine: AsyncEngine, tmp_path: Path) -> None:
+    """NUL (PostgreSQL text refuses it) and lone surrogates (invalid UTF-8: no store encodes them) in
+    every client- or provider-supplied string; a number where a string belongs. All stored escaped."""
+    recorder = Recorder(engine, spool=DiskSpool(tmp_path / "spool"))
+    nasty = {
+        "requested_model": "claude\x00-evil",
+        "stop_reason": "end\x00turn",
+        "error_type": "upstream\udcff_error",
+        "route_reason": "r\ud800\x00",
+        "end_user": "user\x00\udc80@example",
+        "usage_flag": "over_reservation",
+    }
+    recorder.record(make_event("req_nasty", **nasty))
+    recorder.record(make_event("req_number", stop_reason=5))
+    recorder.record(make_event("req_clean", end_user="alice"))
+    await recorder.flush()
+    by_id = {r.request_id: r for r in await rows(engine)}
+    assert set(by_id) == {"req_nasty", "req_number", "req_clean"}
+    row = by_id["req_nasty"]
+    assert row.requested_model == "claude\\x00-evil"
+    assert row.stop_reason == "end\\x00turn"
+    assert row.error_type == "upstream\\udcff_error"
+    assert row.route_reason == "r\\ud800\\x00"
+    assert row.end_user == "user\\x00\\udc80@example"
+    assert row.usage_flag == "over_reservation"
+    assert by_id["req_number"].stop_reason == "5"
+    assert by_id["req_clean"].end_user == "alice" and by_id["req_clean"].usage_flag is None
+    assert recorder.stats.rejected == 0
+    await recorder.aclose()
+
+
+async def test_nasty_strings_survive_the_spool(engine: AsyncEngine, tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path / "spool")
+    await spool.append([make_event("req_spooled", stop_reason="a\x00b\udc80", end_user="\x00")])
+    recorder = Recorder(engine, spool=spool)
+    assert await recorder.replay_spool() == 1
+    (row,) = await rows(engine)
+    assert (row.stop_reason, row.end_user) == ("a\\x00b\\udc80", "\\x00")
+    await recorder.aclose()
