@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 
 from app.budgets.limiter import Limiter
 from app.config import Settings
@@ -76,7 +77,7 @@ class Bookkeeper:
         except Exception:
             log.exception("metrics or request log failed for %s", trail.request_id)
 
-    def _event(self, trail: Trail, ending: Ending, cost: object, uncached: object) -> UsageEvent:
+    def _event(self, trail: Trail, ending: Ending, cost: Decimal, uncached: Decimal) -> UsageEvent:
         principal = trail.principal
         usage = ending.usage
         calls = trail.calls
@@ -97,8 +98,8 @@ class Bookkeeper:
             cache_write_5m_tokens=usage.cache_write_5m_tokens,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             cache_read_tokens=usage.cache_read_tokens,
-            cost_usd=cost,  # type: ignore[arg-type]
-            uncached_cost_usd=uncached,  # type: ignore[arg-type]
+            cost_usd=cost,
+            uncached_cost_usd=uncached,
             latency_ms=latency * 1000,
             ttft_ms=ttft * 1000 if ttft is not None else None,
             status=ending.status,
@@ -107,4 +108,6 @@ class Bookkeeper:
             streamed=bool(trail.chat and trail.chat.stream),
             aborted=ending.aborted,
             response_cache_hit=trail.cache_hit,
+            end_user=trail.end_user,
+            usage_flag=trail.usage_flag,
         )

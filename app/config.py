@@ -225,6 +225,9 @@ class Settings(BaseSettings):
     port: int = 8080
     workers: int = 1
     database_url: str = "sqlite+aiosqlite:///./tollway.db"
+    # `tollway serve` migrates the database (SQLite or PostgreSQL) once, under a lock, before its
+    # workers start; false: the operator runs `tollway db upgrade` as a separate step.
+    auto_migrate: bool = True
     redis_url: str | None = None
     redis_cluster: bool = False  # TOLLWAY_REDIS_URL points at a Redis Cluster node
     admin_key: str | None = None
@@ -256,7 +259,10 @@ class Settings(BaseSettings):
     ledger_batch_size: int = 500
     ledger_flush_interval_s: float = 0.2
     ledger_queue_max: int = 100_000
-    spool_dir: Path = Path("./var/spool")
+    # Shutdown waits at most this long for the database or Redis before writing what is left of
+    # the ledger to the local spool file.
+    ledger_shutdown_grace_s: float = 10.0
+    spool_dir: Path = Path("./var/spool")  # the disk spool; with Redis, its fallback and dead letters
     # Observability
     metrics_token: str | None = None
     metrics_port: int | None = None

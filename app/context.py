@@ -91,6 +91,7 @@ class Trail:
     calls: CallLog = field(default_factory=CallLog)
     cache_hit: bool = False
     usage_flag: str | None = None  # e.g. "over_reservation": the provider billed past the reserved output
+    end_user: str | None = None  # a browser token's end user, or the request's own user id
 
     @property
     def requested_model(self) -> str:

@@ -109,6 +109,7 @@ class Pipeline:
             with span("tollway.authenticate"):
                 trail.principal = await self.authenticate(inbound.headers)  # 1. who is calling
             trail.chat = chat = parse(codec, inbound)  # canonical form, once
+            trail.end_user = end_user_of(chat)
             with span("tollway.route"):
                 trail.plan = plan = self.route(chat, trail.principal, inbound.headers)  # 2. which model
             with span("tollway.admit"):
@@ -448,6 +449,12 @@ def with_output_cap(req: ChatRequest, model: ModelConfig, principal: Principal) 
         return req
     cap = principal.policy.default_max_tokens or model.default_max_tokens
     return dataclasses.replace(req, max_tokens=min(cap, model.max_output_tokens))
+
+
+def end_user_of(chat: ChatRequest) -> str | None:
+    """The client's own end-user id: OpenAI's ``user`` or Anthropic's ``metadata.user_id``."""
+    value = (chat.metadata or {}).get("user_id") or chat.extra.get("user")
+    return value[:256] if isinstance(value, str) and value else None
 
 
 def usage_flag(chat: ChatRequest, answer: ChatResponse) -> str | None:

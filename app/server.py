@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 
 import uvicorn
+from sqlalchemy.engine import make_url
 
-from app.config import Settings, load_catalog, load_settings
+from app.config import ConfigError, Settings, load_catalog, load_settings
+from app.db.migrate import migrate_on_start
 from app.http_protocol import HeaderTimeoutProtocol
 from app.observability.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
 from app.providers.registry import check_credentials
@@ -17,6 +19,14 @@ def run_server(host: str | None = None, port: int | None = None, workers: int | 
     settings = load_settings(**overrides)
     catalog = load_catalog(settings.config)  # fail fast, with the bad field named, before forking workers
     check_credentials(settings, catalog)  # a missing provider key stops start-up (no silent simulation)
+    if settings.auto_migrate:
+        # Here, once, before the workers exist: workers that each migrated a fresh database raced
+        # ("table alembic_version already exists"). The lock inside also covers other replicas.
+        try:
+            migrate_on_start(settings.database_url)
+        except Exception as exc:  # unreachable database, bad URL ...: one clear line, exit 1
+            where = make_url(settings.database_url).render_as_string(hide_password=True)
+            raise ConfigError(f"could not migrate the database {where}: {type(exc).__name__}: {exc}") from exc
     # Workers re-read settings from the environment: pass the command-line overrides through it.
     os.environ["TOLLWAY_HOST"] = settings.host
     os.environ["TOLLWAY_PORT"] = str(settings.port)

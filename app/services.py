@@ -27,7 +27,7 @@ from app.caching.response_cache import ResponseCache, create_response_cache
 from app.config import Catalog, Settings
 from app.db.migrate import prepare_database
 from app.ledger.recorder import Recorder
-from app.ledger.spool import DiskSpool, RedisSpool, Spool
+from app.ledger.tiered_spool import build_spool
 from app.lifecycle import Lifecycle
 from app.observability.metrics import Metrics
 from app.pipeline import Pipeline
@@ -130,15 +130,17 @@ async def build_services(settings: Settings, catalog: Catalog) -> Services:
     )
     teams = TeamStore(engine)
     await seed_teams(settings, catalog, teams)
-    spool: Spool = (
-        RedisSpool(redis, "tw:ledger:spool") if redis is not None else DiskSpool(settings.spool_dir)
-    )
+    metrics = Metrics(team_label_cap=settings.metrics_team_label_cap)
     recorder = Recorder(
         engine,
         batch_size=settings.ledger_batch_size,
         flush_interval_s=settings.ledger_flush_interval_s,
         queue_max=settings.ledger_queue_max,
-        spool=spool,
+        # Redis stream while Redis answers, the local file (settings.spool_dir) while it does not.
+        spool=build_spool(redis, settings.spool_dir),
+        shutdown_grace_s=settings.ledger_shutdown_grace_s,
+        dead_letter_dir=settings.spool_dir,
+        on_dead_letter=metrics.ledger_dead_letters,
     )
     recorder.start()
     health = DeploymentHealth(failures_to_trip=settings.cooldown_failures, cooldown_s=settings.cooldown_s)
@@ -154,7 +156,7 @@ async def build_services(settings: Settings, catalog: Catalog) -> Services:
         health=health,
         router=Router(catalog, health),
         response_cache=create_response_cache(settings, redis),
-        metrics=Metrics(team_label_cap=settings.metrics_team_label_cap),
+        metrics=metrics,
         redis=redis,
     )
 

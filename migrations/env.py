@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
@@ -28,7 +29,16 @@ def _database_url() -> str:
     return load_settings().database_url
 
 
+# Replicas or workers starting together against one PostgreSQL: one migrates, the others wait on
+# this lock and then find the schema at head (Alembic reads the version only after it is taken).
+# Taken before ``configure``, so Alembic sees an outer transaction and the lock is held until
+# ``_run_online`` commits. SQLite migrations are serialised by a file lock in app.db.migrate.
+MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('tollway_migrations'))"
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(MIGRATION_LOCK_SQL))
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

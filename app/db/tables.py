@@ -31,6 +31,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -168,12 +169,26 @@ usage_events = Table(
     Column("streamed", Boolean, nullable=False, default=False),
     Column("aborted", Boolean, nullable=False, default=False),
     Column("response_cache_hit", Boolean, nullable=False, default=False),
+    Column("end_user", String(200), nullable=True),  # migration 0002
+    Column("usage_flag", String(50), nullable=True),  # migration 0002
     PrimaryKeyConstraint("request_id", "created_at", name="pk_usage_events"),
     Index("ix_usage_events_team_id_created_at", "team_id", "created_at"),
     Index("ix_usage_events_created_at", "created_at"),
     Index("ix_usage_events_served_model_created_at", "served_model", "created_at"),
     Index("ix_usage_events_key_id_created_at", "key_id", "created_at"),
     postgresql_partition_by="RANGE (created_at)",
+)
+
+# Usage events the database refused even after escaping (migration 0002): kept, never dropped.
+ledger_dead_letters = Table(
+    "ledger_dead_letters",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=True),
+    Column("failed_at", UTCDateTime(), nullable=False),
+    Column("error", Text(), nullable=False),
+    Column("event_json", Text(), nullable=False),  # UsageEvent.to_json_dict(), strings escaped
+    Index("ix_ledger_dead_letters_failed_at", "failed_at"),
 )
 
 # The columns a UsageEvent maps onto, in table order (also the spool's field list).

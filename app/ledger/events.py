@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from app.ledger.safe_text import escape_text
+
 
 @dataclass(slots=True)
 class UsageEvent:
@@ -34,19 +36,38 @@ class UsageEvent:
     streamed: bool = False
     aborted: bool = False
     response_cache_hit: bool = False
+    # The end user behind the request: a browser token's end-user id, or the request's ``user`` /
+    # ``metadata.user_id``. Free text from the client: escaped and clipped before storage.
+    end_user: str | None = None
+    # Why this row's usage is suspect though recorded as billed: "over_reservation" (the provider
+    # billed more output than was reserved), "malformed_upstream" ... None when nothing was odd.
+    usage_flag: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_json_dict(self) -> dict[str, Any]:
+        """The event as JSON-ready values (the spool's and the dead letters' format). Strings are
+        escaped as the database would store them (``safe_text``), so the JSON always encodes."""
         d = asdict(self)
+        for name in _TEXT_FIELDS:
+            d[name] = escape_text(d[name])
         d["cost_usd"] = str(self.cost_usd)
         d["uncached_cost_usd"] = str(self.uncached_cost_usd)
-        d["created_at"] = self.created_at.isoformat()
+        created = self.created_at
+        d["created_at"] = created.isoformat() if isinstance(created, datetime) else str(created)
         return d
 
     @classmethod
     def from_json_dict(cls, d: dict[str, Any]) -> UsageEvent:
-        d = dict(d)
+        """The inverse of ``to_json_dict``; keys this version does not know (a spool written by a
+        newer release) are ignored, missing ones (an older release) take their defaults."""
+        d = {k: v for k, v in d.items() if k in _FIELD_NAMES}
         d["cost_usd"] = Decimal(d["cost_usd"])
         d["uncached_cost_usd"] = Decimal(d["uncached_cost_usd"])
         d["created_at"] = datetime.fromisoformat(d["created_at"])
         return cls(**d)
+
+
+_FIELD_NAMES = frozenset(UsageEvent.__dataclass_fields__)
+_TEXT_FIELDS = tuple(
+    name for name, f in UsageEvent.__dataclass_fields__.items() if f.type in ("str", "str | None")
+)

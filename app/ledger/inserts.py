@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.tables import USAGE_COLUMNS, Money, UTCDateTime, quantize_money, usage_events
 from app.ledger.events import UsageEvent
+from app.ledger.safe_text import escape_text
 
 # Bind parameters per statement stay well under both drivers' limit (32,767).
 ROWS_PER_STATEMENT = 1000
@@ -83,6 +84,7 @@ def _clip(name: str, value: Any) -> Any:
         return None
     limit = _STRING_LIMITS.get(name)
     if limit is not None:
+        value = escape_text(value)  # NUL and lone surrogates: see app/ledger/safe_text.py
         return value[:limit] if len(value) > limit else value
     if name in _BIGINT_COLUMNS:
         return min(max(int(value), 0), _MAX_BIGINT)
@@ -98,7 +100,8 @@ def _clip(name: str, value: Any) -> Any:
 
 
 def event_row(event: UsageEvent) -> dict[str, Any]:
-    """An event as a table row (column name → value), clipped to what the columns hold."""
+    """An event as a table row (column name → value): strings escaped (``safe_text``) and
+    clipped, numbers clamped, to what the columns hold."""
     return {name: _clip(name, getattr(event, name)) for name in USAGE_COLUMNS}
 
 
@@ -113,7 +116,12 @@ def event_columns(events: Sequence[UsageEvent]) -> list[list[Any]]:
         values = [getattr(e, name) for e in events]
         limit = _STRING_LIMITS.get(name)
         if limit is not None:
-            if any(v is not None and len(v) > limit for v in values):
+            # Inline for speed: anything not a plain short ASCII string without NUL is escaped
+            # and clipped value by value (non-ASCII only to look for lone surrogates).
+            if any(
+                v is not None and (type(v) is not str or len(v) > limit or not v.isascii() or "\x00" in v)
+                for v in values
+            ):
                 values = [_clip(name, v) for v in values]
         elif name in _BIGINT_COLUMNS or name in _INT_COLUMNS:
             ceiling = _MAX_BIGINT if name in _BIGINT_COLUMNS else _MAX_INT

@@ -15,15 +15,23 @@ Nothing is lost when the database is down or slow:
   dropping them;
 * the replay loop writes spooled batches back with exponential backoff, acknowledging (deleting)
   each only after its rows are committed;
-* ``aclose()`` drains the queue into the database, or into the spool if the database is gone.
+* ``aclose()`` drains the queue into the database, or into the spool if the database is gone,
+  within ``shutdown_grace_s``; whatever is still in memory then (the database and Redis both
+  unresponsive) is written to the local spool file, blocking, before it returns.
+
+With Redis configured the spool is a ``TieredSpool``: a Redis stream while Redis answers, a local
+append-only file (one write + fsync per batch) while it does not. In a double outage an event
+therefore waits in memory at most one batch (``flush_interval_s`` or ``batch_size`` events): that
+is what a SIGKILL can lose.
 
 Exactly once: every path ends in the same idempotent insert keyed by (request_id, created_at), and
 an event's created_at is fixed when the event is made, so an insert replayed after a commit whose
 acknowledgement was lost (a timeout, a crash before ``ack``) finds its row and does nothing.
 
 A batch the database *rejects* (not a lost connection: a row it cannot store) is split in halves
-until the bad rows are isolated; each rejected row is logged at ERROR with its full JSON, so one bad
-event never blocks the ledger.
+until the bad rows are isolated; the good rows are written and each rejected one goes to the dead
+letters (``dead_letters.py``: a table, else a file, else the log), so one bad event never blocks
+the ledger and none is dropped. ``record`` never raises into the request path.
 """
 
 from __future__ import annotations
@@ -31,16 +39,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.partitions import ensure_usage_partitions
+from app.ledger.dead_letters import DeadLetters, event_json
 from app.ledger.events import UsageEvent
 from app.ledger.inserts import inserter_for, is_rejection
 from app.ledger.spool import Spool, SpoolBatch
@@ -58,7 +67,7 @@ class RecorderStats:
     duplicates: int = 0  # events whose row already existed (replays)
     spooled: int = 0  # events sent to the spool
     replayed: int = 0  # spooled events written back
-    rejected: int = 0  # events the database refused (logged with their JSON)
+    rejected: int = 0  # events the database refused (kept in the dead letters)
     batches: int = 0
     # Seconds per successful batch insert, most recent last (bounded: for gauges and the benchmark).
     flush_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
@@ -79,6 +88,9 @@ class Recorder:
         replay_backoff_s: float = 0.5,
         replay_backoff_max_s: float = 30.0,
         maintain_partitions: bool = True,
+        shutdown_grace_s: float = 10.0,
+        dead_letter_dir: str | os.PathLike[str] | None = None,
+        on_dead_letter: Callable[[int], None] | None = None,
     ) -> None:
         if batch_size < 1 or queue_max < 1:
             raise ValueError("batch_size and queue_max must be positive")
@@ -90,6 +102,8 @@ class Recorder:
         self.write_timeout_s = write_timeout_s
         self.replay_backoff_s = replay_backoff_s
         self.replay_backoff_max_s = replay_backoff_max_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.dead_letters = DeadLetters(engine, dead_letter_dir, on_kept=on_dead_letter, timeout_s=write_timeout_s)
         self.stats = RecorderStats()
         self._clock = clock
         self._maintain_partitions = maintain_partitions and engine.dialect.name == "postgresql"
@@ -107,22 +121,50 @@ class Recorder:
         self._db_healthy = True
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self._closed = False
+        # Batches taken out of the queue and not yet in the database or the spool: what a shutdown
+        # that runs out of time must still save.
+        self._in_flight: dict[int, Sequence[UsageEvent]] = {}
 
     # ---- the request path -----------------------------------------------------------------------
 
     def record(self, event: UsageEvent) -> None:
-        """Queue an event for writing. Synchronous and non-blocking; never drops the event."""
-        self.stats.recorded += 1
-        if len(self._queue) >= self.queue_max:
-            self._overflow.append(event)
-            self._has_overflow.set()
-            return
-        self._queue.append(event)
-        depth = len(self._queue)
-        if depth == 1:
-            self._has_events.set()
-        if depth >= self.batch_size:
-            self._batch_full.set()
+        """Queue an event for writing. Synchronous and non-blocking; never drops the event and
+        never raises (the request path calls it from ``finally``)."""
+        try:
+            self.stats.recorded += 1
+            if self._closed:
+                self._save_after_close([event])
+                return
+            if len(self._queue) >= self.queue_max:
+                self._overflow.append(event)
+                self._has_overflow.set()
+                return
+            self._queue.append(event)
+            depth = len(self._queue)
+            if depth == 1:
+                self._has_events.set()
+            if depth >= self.batch_size:
+                self._batch_full.set()
+        except Exception:
+            # Whatever failed (a closed loop waking the writer, say), the event is kept: in the
+            # queue, or in the overflow, which its own task spools and aclose saves.
+            log.exception("usage ledger: record failed; the event is kept")
+            if not (self._queue and self._queue[-1] is event):  # queued already, only the wake-up failed
+                self._overflow.append(event)
+
+    def _save_after_close(self, events: Sequence[UsageEvent]) -> None:
+        """An event recorded after ``aclose``: no writer is left, so straight to the local file."""
+        log.warning("usage ledger: %d events recorded after shutdown; writing them to the spool file", len(events))
+        self._save_blocking(events)
+
+    def _save_blocking(self, events: Sequence[UsageEvent]) -> None:
+        try:
+            self.spool.append_blocking(events)
+            self.stats.spooled += len(events)
+        except Exception as exc:
+            for event in events:  # the last resort: recoverable from the log by hand
+                log.error("usage ledger: could not spool an event (%s): %s", _describe(exc), event_json(event))
 
     @property
     def queue_depth(self) -> int:
@@ -161,7 +203,34 @@ class Recorder:
         await self._spool_overflow()
 
     async def aclose(self) -> None:
-        """Graceful shutdown: stop the loops, then drain the queue into the database or the spool."""
+        """Shutdown: drain the queue into the database or the spool, for at most
+        ``shutdown_grace_s``; then whatever is still in memory goes to the local spool file."""
+        try:
+            async with asyncio.timeout(self.shutdown_grace_s):
+                await self._drain_and_stop()
+        except TimeoutError:
+            log.warning(
+                "usage ledger: shutdown grace period (%.1fs) is over; saving the rest to the local spool file",
+                self.shutdown_grace_s,
+            )
+        finally:
+            self._closed = True
+            for task in self._tasks:
+                task.cancel()
+            self._tasks = []
+            leftovers = [*(e for batch in self._in_flight.values() for e in batch), *self._queue, *self._overflow]
+            self._in_flight.clear()
+            self._queue.clear()
+            self._overflow.clear()
+            if leftovers:
+                # Blocking, on purpose: the process is about to exit and must not lose these.
+                # A batch whose write was cut short may be saved twice: the insert is idempotent.
+                self._save_blocking(leftovers)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await self.spool.aclose()
+
+    async def _drain_and_stop(self) -> None:
         async with self._write_lock, self._overflow_lock:
             # With both locks held no task holds events outside the queue and the spool, so
             # cancelling them anywhere is safe (a replay cut short is replayed next time).
@@ -173,7 +242,6 @@ class Recorder:
                     log.warning("usage ledger: %d background tasks did not stop in time", len(stuck))
         self._tasks = []
         await self.flush()
-        await self.spool.aclose()
 
     async def replay_spool(self) -> int:
         """Write spooled events to the database now, until the spool is empty; return how many were
@@ -207,6 +275,13 @@ class Recorder:
                     await self._write(batch)
 
     async def _write(self, batch: list[UsageEvent]) -> None:
+        # Forgotten only once written: a cancelled write (shutdown out of time) leaves the batch
+        # here for ``aclose`` to save.
+        self._in_flight[id(batch)] = batch
+        await self._write_held(batch)
+        del self._in_flight[id(batch)]
+
+    async def _write_held(self, batch: list[UsageEvent]) -> None:
         if self._db_healthy:
             try:
                 async with asyncio.timeout(self.write_timeout_s):
@@ -242,7 +317,10 @@ class Recorder:
             while self._overflow:
                 self._has_overflow.clear()
                 count = min(len(self._overflow), 5 * self.batch_size)
-                await self._to_spool([self._overflow.popleft() for _ in range(count)])
+                events = [self._overflow.popleft() for _ in range(count)]
+                self._in_flight[id(events)] = events
+                await self._to_spool(events)
+                del self._in_flight[id(events)]
 
     # ---- replay ---------------------------------------------------------------------------------
 
@@ -264,24 +342,31 @@ class Recorder:
                 # Cleared before reading: an append that lands after the read sets it again, so
                 # the wait below cannot miss it.
                 self._spool_has_work.clear()
+                if not self._db_healthy:
+                    async with asyncio.timeout(self.write_timeout_s):
+                        await self._ping()
+                    self._mark_healthy()
                 batch = await self.spool.read(self.batch_size)
                 if batch is None:
-                    if self._db_healthy:
-                        # Also wake now and then: another process may have left events behind
-                        # (a shared Redis stream, or a dead worker's disk segments).
-                        await _wait(self._spool_has_work, SPOOL_POLL_INTERVAL_S)
-                    else:
-                        async with asyncio.timeout(self.write_timeout_s):
-                            await self._ping()
-                        self._mark_healthy()
+                    # Also wake now and then: another process may have left events behind (a
+                    # shared Redis stream, or a dead worker's disk segments).
+                    await _wait(self._spool_has_work, SPOOL_POLL_INTERVAL_S)
                     continue
                 await self._replay_batch(batch)
                 delay = self.replay_backoff_s
             except Exception as exc:
                 self._db_healthy = False
                 log.info("usage ledger: replay failed (%s); retrying in %.1fs", _describe(exc), delay)
+                await self._promote_spool()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.replay_backoff_max_s)
+
+    async def _promote_spool(self) -> None:
+        """The database is away: move locally spooled events to Redis if it is back."""
+        try:
+            await self.spool.promote()
+        except Exception as exc:
+            log.info("usage spool: could not move local events (%s)", _describe(exc))
 
     async def _replay_batch(self, batch: SpoolBatch) -> None:
         events = batch.events
@@ -327,11 +412,7 @@ class Recorder:
     async def _isolate_rejected(self, events: Sequence[UsageEvent], exc: BaseException) -> None:
         if len(events) == 1:
             self.stats.rejected += 1
-            log.error(
-                "usage ledger: the database rejected an event (%s); it is NOT recorded: %s",
-                _describe(exc),
-                orjson.dumps(events[0].to_json_dict(), default=str).decode(),
-            )
+            await self.dead_letters.keep(events[0], _describe(exc))
             return
         middle = len(events) // 2
         for half in (events[:middle], events[middle:]):

@@ -1,5 +1,5 @@
 """Usage reports: requests, tokens by type, cost and cache savings over a time range, grouped by
-team, key, model, day or hour.
+team, key, model, end user, day or hour.
 
 Sums happen in the database (``SUM`` over NUMERIC on PostgreSQL, over integer 1e-10 USD units on
 SQLite — both exact), and the total is the sum of the rows in ``Decimal``, so a report's total always
@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.db.tables import api_keys, teams, usage_events
 
-GroupBy = Literal["team", "key", "model", "day", "hour"]
+GroupBy = Literal["team", "key", "model", "end_user", "day", "hour"]
 GROUP_BY_CHOICES: tuple[str, ...] = get_args(GroupBy)
 DEFAULT_RANGE = timedelta(days=30)
 NOT_SERVED = "(not served)"
@@ -175,6 +175,8 @@ def _group_expression(engine: AsyncEngine, group_by: GroupBy) -> ColumnElement[A
         return usage_events.c.key_id
     if group_by == "model":
         return usage_events.c.served_model
+    if group_by == "end_user":
+        return usage_events.c.end_user
     return _bucket(engine, group_by)
 
 

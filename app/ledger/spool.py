@@ -71,11 +71,23 @@ class Spool(Protocol):
         """Events held, counted now."""
         ...
 
+    def append_blocking(self, events: Sequence[UsageEvent]) -> None:
+        """Store events on this machine's disk now, blocking, without touching the network: the
+        last resort of a shutdown whose grace period is over. Raises if this spool has no disk."""
+        ...
+
+    async def promote(self) -> int:
+        """Move events to the more durable store of this spool if it has one and it is reachable
+        (see ``TieredSpool``); how many moved."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
 def _encode(event: UsageEvent) -> bytes:
-    return orjson.dumps(event.to_json_dict())
+    # default=str: a field of the wrong type is kept as text (the insert then dead-letters it)
+    # rather than failing the whole batch's append.
+    return orjson.dumps(event.to_json_dict(), default=str)
 
 
 def _decode(line: bytes) -> UsageEvent:
@@ -130,6 +142,19 @@ class DiskSpool:
 
     async def ack(self, batch: SpoolBatch) -> None:
         await asyncio.to_thread(self._ack_sync, batch.token, len(batch.events))
+
+    async def release(self, batch: SpoolBatch) -> None:
+        """Give back a batch from ``read`` without deleting it (it will be read again)."""
+        await asyncio.to_thread(self._release_sync, batch.token)
+
+    def append_blocking(self, events: Sequence[UsageEvent]) -> None:
+        if events:
+            self._append_sync(b"".join(_encode(e) + b"\n" for e in events), len(events))
+            with self._lock:  # the last write of this spool: unlocked, so anyone may replay it
+                self._seal_active()
+
+    async def promote(self) -> int:
+        return 0
 
     async def size(self) -> int:
         return await asyncio.to_thread(self._size_sync)
@@ -202,6 +227,10 @@ class DiskSpool:
             self._release(path, delete=True)
             self._pending = max(0, self._pending - count)
 
+    def _release_sync(self, path: Path) -> None:
+        with self._lock:
+            self._release(path, delete=False)
+
     def _release(self, path: Path, *, delete: bool) -> None:
         if delete:
             path.unlink(missing_ok=True)
@@ -248,7 +277,7 @@ class DiskSpool:
                 continue
             try:
                 events.append(_decode(line))
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, ArithmeticError):
                 log.error("usage spool %s line %d is unreadable; skipped", path, number)
         return events
 
@@ -300,7 +329,7 @@ class RedisSpool:
             raw = fields.get(b"e", fields.get("e"))
             try:
                 events.append(_decode(raw))
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, ArithmeticError):
                 log.error("usage spool entry %r is unreadable; skipped", entry_id)
         return SpoolBatch(events=events, token=ids)
 
@@ -311,6 +340,12 @@ class RedisSpool:
 
     async def size(self) -> int:
         return int(await self.redis.xlen(self.stream_key))
+
+    def append_blocking(self, events: Sequence[UsageEvent]) -> None:
+        raise NotImplementedError("a Redis stream cannot be written without the network")
+
+    async def promote(self) -> int:
+        return 0
 
     async def aclose(self) -> None:
         return None

@@ -286,6 +286,12 @@ class Metrics:
             # The spool is shared by the workers of one machine: each sees the same backlog.
             multiprocess_mode="livemax",
         )
+        self.ledger_dead_letter_rows = Counter(
+            "tollway_ledger_dead_letter_rows",
+            "Usage events the database refused even after escaping, kept in the dead letters "
+            "(table ledger_dead_letters, else dead-letters.jsonl in the spool directory).",
+            registry=r,
+        )
 
         if self.multiprocess_dir:
             self._exposition = CollectorRegistry()
@@ -391,6 +397,9 @@ class Metrics:
     def set_breaker_state(self, deployment: str, state: str) -> None:
         """``state`` is "closed", "half_open" or "open"."""
         self.breaker_state.child(deployment).set(BREAKER_STATES[state])
+
+    def ledger_dead_letters(self, count: int) -> None:
+        self.ledger_dead_letter_rows.inc(count)
 
     def set_ledger(self, queue_depth: int, spool_size: int) -> None:
         """``spool_size`` counts usage events (not bytes) waiting in the spool."""

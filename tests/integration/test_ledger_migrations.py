@@ -19,8 +19,9 @@ from app.ledger.events import UsageEvent
 from app.ledger.recorder import Recorder
 from app.ledger.spool import DiskSpool
 from tests.conftest import _create_database, _drop_database
+from tests.procs import migrate
 
-TABLES = {"teams", "api_keys", "usage_events", "alembic_version"}
+TABLES = {"teams", "api_keys", "usage_events", "ledger_dead_letters", "alembic_version"}
 
 
 def sqlite_url(tmp_path: Path) -> str:
@@ -71,8 +72,28 @@ async def test_migrations_apply_to_empty_sqlite(tmp_path: Path) -> None:
 
 async def test_unmigrated_postgres_stops_startup_naming_the_command(postgres_url: str) -> None:
     with pytest.raises(SchemaNotMigrated, match="tollway db upgrade"):
-        await prepare_database(postgres_url, auto_migrate=True)  # never migrates PostgreSQL itself
+        await prepare_database(postgres_url, auto_migrate=False)  # a worker: checks, never migrates
     assert "usage_events" not in await table_names(postgres_url)
+
+
+async def migrate_concurrently(url: str) -> None:
+    """Four `tollway db upgrade` processes at once on a fresh database: one migrates, the others
+    wait on the lock and find it done (each would fail on "already exists" otherwise)."""
+    await asyncio.gather(*(asyncio.to_thread(migrate, url) for _ in range(4)))
+    assert TABLES <= await table_names(url)
+    engine = create_engine(url)
+    try:
+        await check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_migrations_wait_for_each_other_on_sqlite(tmp_path: Path) -> None:
+    await migrate_concurrently(sqlite_url(tmp_path))
+
+
+async def test_concurrent_migrations_wait_for_each_other_on_postgres(postgres_url: str) -> None:
+    await migrate_concurrently(postgres_url)
 
 
 async def test_outdated_schema_is_reported(postgres_url: str) -> None:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio
 from sqlalchemy import func, select, text
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_engine
 from app.db.migrate import upgrade
-from app.db.tables import USAGE_COLUMNS, usage_events
+from app.db.tables import USAGE_COLUMNS, ledger_dead_letters, usage_events
 from app.ledger.events import UsageEvent
 from app.ledger.recorder import Recorder
 from app.ledger.spool import DiskSpool, RedisSpool, Spool
@@ -192,8 +193,14 @@ async def test_a_row_the_database_rejects_does_not_block_the_batch(
         await recorder.flush()
         assert sorted(r.request_id for r in await rows(engine)) == sorted(e.request_id for e in good)
         assert recorder.stats.rejected == 2
-        assert "req_bad" in caplog.text and "req_worse" in caplog.text  # logged with their JSON
+        assert "req_bad" in caplog.text and "req_worse" in caplog.text  # logged with their ids
         assert recorder.spool_size == 0
+        # Kept, not dropped: in the dead-letter table with their JSON and the error.
+        async with engine.connect() as conn:
+            dead = (await conn.execute(select(ledger_dead_letters))).all()
+        assert sorted(d.request_id for d in dead) == ["req_bad", "req_worse"]
+        assert all(UsageEvent.from_json_dict(orjson.loads(d.event_json)).request_id == d.request_id for d in dead)
+        assert all(d.error for d in dead)
     finally:
         await recorder.aclose()
         await engine.dispose()
@@ -220,7 +227,7 @@ async def test_sqlite_sends_one_insert_text_whatever_the_batch_size(tmp_path: Pa
     insert_texts: set[str] = set()
 
     def note_insert(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("INSERT"):
+        if statement.startswith("INSERT INTO usage_events"):
             insert_texts.add(statement)
 
     listen(engine.sync_engine, "before_cursor_execute", note_insert)
@@ -476,3 +483,44 @@ async def test_redis_spool_round_trip(redis_url: str) -> None:
     finally:
         await client.delete(spool.stream_key)
         await client.aclose()
+
+
+async def test_strings_postgres_refuses_are_escaped_not_dropped(engine: AsyncEngine, tmp_path: Path) -> None:
+    """NUL (PostgreSQL text refuses it) and lone surrogates (invalid UTF-8: no store encodes them) in
+    every client- or provider-supplied string; a number where a string belongs. All stored escaped."""
+    recorder = Recorder(engine, spool=DiskSpool(tmp_path / "spool"))
+    nasty = {
+        "requested_model": "claude\x00-evil",
+        "stop_reason": "end\x00turn",
+        "error_type": "upstream\udcff_error",
+        "route_reason": "r\ud800\x00",
+        "end_user": "user\x00\udc80@example",
+        "usage_flag": "over_reservation",
+    }
+    recorder.record(make_event("req_nasty", **nasty))
+    recorder.record(make_event("req_number", stop_reason=5))
+    recorder.record(make_event("req_clean", end_user="alice"))
+    await recorder.flush()
+    by_id = {r.request_id: r for r in await rows(engine)}
+    assert set(by_id) == {"req_nasty", "req_number", "req_clean"}
+    row = by_id["req_nasty"]
+    assert row.requested_model == "claude\\x00-evil"
+    assert row.stop_reason == "end\\x00turn"
+    assert row.error_type == "upstream\\udcff_error"
+    assert row.route_reason == "r\\ud800\\x00"
+    assert row.end_user == "user\\x00\\udc80@example"
+    assert row.usage_flag == "over_reservation"
+    assert by_id["req_number"].stop_reason == "5"
+    assert by_id["req_clean"].end_user == "alice" and by_id["req_clean"].usage_flag is None
+    assert recorder.stats.rejected == 0
+    await recorder.aclose()
+
+
+async def test_nasty_strings_survive_the_spool(engine: AsyncEngine, tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path / "spool")
+    await spool.append([make_event("req_spooled", stop_reason="a\x00b\udc80", end_user="\x00")])
+    recorder = Recorder(engine, spool=spool)
+    assert await recorder.replay_spool() == 1
+    (row,) = await rows(engine)
+    assert (row.stop_reason, row.end_user) == ("a\\x00b\\udc80", "\\x00")
+    await recorder.aclose()

@@ -180,3 +180,25 @@ def test_parse_range() -> None:
     with pytest.raises(BadRange, match="before end") as info:
         parse_range("2026-05-02", "2026-05-01")
     assert info.value.param == "end"
+
+
+async def test_group_by_end_user(engine: AsyncEngine, tmp_path: Path) -> None:
+    recorder = Recorder(engine, spool=DiskSpool(tmp_path / "spool"))
+    now = datetime.now(UTC)
+    for i, user in enumerate(["alice", "bob", "alice", None]):
+        recorder.record(
+            UsageEvent(
+                request_id=f"req_eu_{i}", team_id="t", key_id="k", client_format="openai",
+                requested_model="m", served_model="m", cost_usd=Decimal("0.5"), uncached_cost_usd=Decimal("0.5"),
+                created_at=now, end_user=user,
+            )
+        )  # fmt: skip
+    await recorder.flush()
+    await recorder.aclose()
+    hour = timedelta(hours=1)
+    report = await usage_report(engine, start=now - hour, end=now + hour, group_by="end_user")
+    assert [(r.group, r.label, r.requests, r.cost_usd) for r in report.rows] == [
+        ("alice", "alice", 2, Decimal("1.0000000000")),
+        ("bob", "bob", 1, Decimal("0.5000000000")),
+        ("", "(none)", 1, Decimal("0.5000000000")),
+    ]
