@@ -43,6 +43,9 @@ class TeamPolicy:
     response_cache: bool = False
     # Default output cap for requests that give no max_tokens (budget worst case).
     default_max_tokens: int | None = None
+    # How sure the router must be that a tier is adequate before choosing it (app.routing.model:
+    # strict 0.95, balanced 0.85, economy 0.7).
+    quality: Literal["strict", "balanced", "economy"] = "balanced"
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,7 @@ class PolicyIn(_Strict):
     prompt_cache_ttl: Literal["5m", "1h"] = "5m"
     response_cache: Annotated[bool, Field(strict=True)] = False
     default_max_tokens: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] | None = None
+    quality: Literal["strict", "balanced", "economy"] = "balanced"
 
     @model_validator(mode="after")
     def _tiers_ordered(self) -> PolicyIn:
