@@ -76,8 +76,9 @@ class Pipeline:
                 ctx.principal = await self.authenticate(request)  # 1. who is calling
             body = await read_json_body(request, self.s.settings.max_body_bytes)
             ctx.chat = parse_chat(fmt, body, request)  # canonical form, once
+            sticky = await self.sticky_model(ctx)
             with span("tollway.route"):
-                ctx.plan = self.route(ctx)  # 2. which model
+                ctx.plan = self.route(ctx, sticky)  # 2. which model
             with span("tollway.admit"):
                 ctx.admission = await self.admit(ctx)  # 3. budget reservation
             cached = await self.lookup_response_cache(ctx)  # 4. caching
@@ -112,7 +113,14 @@ class Pipeline:
 
     # ---- 2. route ----------------------------------------------------------------------------------
 
-    def route(self, ctx: RequestContext) -> Any:
+    async def sticky_model(self, ctx: RequestContext) -> str | None:
+        """The model this conversation already uses (routes only, later turns only)."""
+        assert ctx.chat is not None and ctx.principal is not None
+        if ctx.chat.model not in self.s.catalog.routes or len(ctx.chat.messages) < 2:
+            return None
+        return await self.s.sticky.lookup(ctx.principal.team_id, ctx.chat)
+
+    def route(self, ctx: RequestContext, sticky_model: str | None = None) -> Any:
         assert ctx.chat is not None and ctx.principal is not None
         try:
             return self.s.router.plan(
@@ -120,6 +128,7 @@ class Pipeline:
                 ctx.principal,
                 task_hint=ctx.header("x-tollway-task"),
                 budget_share_used=self.s.budget_share_used(ctx.principal),
+                sticky_model=sticky_model,
             )
         except RouteError as err:
             retry_after = getattr(err, "retry_after_s", None)
@@ -379,6 +388,9 @@ class Pipeline:
     ) -> None:
         cost = sum((a.cost for a in ctx.attempts), Decimal(0))
         uncached = sum((a.uncached_cost for a in ctx.attempts), Decimal(0))
+        if status == 200 and ctx.plan is not None and ctx.plan.route and ctx.served_model and ctx.principal:
+            # The model that served this turn (the escalated one after an escalation) sticks.
+            await self.s.sticky.remember(ctx.principal.team_id, ctx.chat, ctx.served_model)  # type: ignore[arg-type]
         if ctx.admission is not None:
             await self.s.limiter.settle(ctx.admission, tokens=usage.total_tokens, usd=cost)
         latency = time.perf_counter() - ctx.started

@@ -28,6 +28,7 @@ from app.observability.metrics import Metrics
 from app.providers.registry import ProviderRegistry
 from app.routing.health import DeploymentHealth
 from app.routing.router import Router
+from app.routing.sticky import StickyConversations
 from app.teams.store import TeamStore
 
 log = logging.getLogger("tollway")
@@ -48,6 +49,7 @@ class Services:
     response_cache: ResponseCache
     metrics: Metrics
     redis: Redis | RedisCluster | None = None
+    sticky: StickyConversations = field(default_factory=StickyConversations)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _budget_share: dict[str, float] = field(default_factory=dict)
 
@@ -136,6 +138,7 @@ async def build_services(settings: Settings, catalog: Catalog) -> Services:
         limiter=create_limiter(settings, redis),
         health=health,
         router=Router(catalog, health),
+        sticky=StickyConversations(redis),
         response_cache=create_response_cache(settings, redis),
         metrics=Metrics(team_label_cap=settings.metrics_team_label_cap),
         redis=redis,
