@@ -1,4 +1,8 @@
-"""``POST /v1/routing/explain``: what the router would do with a request, without calling a model."""
+"""``POST /v1/routing/explain``: what the router would do with a request, without calling a model.
+
+The answer includes the learned model's per-tier probabilities (``tier_probabilities``), the team's
+``quality`` policy and its ``threshold``, the ``needed_tier``, the conversation's ``sticky`` model
+(a later turn of a conversation this team already routed), and the choice."""
 
 from __future__ import annotations
 
@@ -24,11 +28,15 @@ async def explain(request: Request) -> Response:
         body = await read_json_body(request, pipeline.s.settings.max_body_bytes)
         principal = await pipeline.authenticate(request)
         chat = parse_chat(fmt, body, request)
+        sticky = None
+        if chat.model in pipeline.s.catalog.routes and len(chat.messages) > 1:
+            sticky = await pipeline.s.sticky.lookup(principal.team_id, chat)
         result = pipeline.s.router.explain(
             chat,
             principal,
             task_hint=request.headers.get("x-tollway-task"),
             budget_share_used=pipeline.s.budget_share_used(principal),
+            sticky_model=sticky,
         )
     except GatewayError as err:
         return error_response(err, fmt)

@@ -49,7 +49,7 @@ def load_embedding_table(dims: int) -> np.ndarray:
     from safetensors import safe_open
 
     path = wordllama_dir() / "weights" / f"{WORDLLAMA_CONFIG}_{WORDLLAMA_DIM}.safetensors"
-    with safe_open(str(path), framework="np", device="cpu") as f:  # type: ignore[no-untyped-call]
+    with safe_open(str(path), framework="np", device="cpu") as f:
         table = f.get_tensor("embedding.weight")
     return np.ascontiguousarray(table[:, :dims], dtype=np.float32)
 

@@ -29,9 +29,26 @@ BYTES_PER_TOKEN = 3.5
 
 # Words that state a requirement or a constraint (English; the embedding covers other languages).
 _CONSTRAINT_WORDS = (
-    " must ", " should ", " never ", " always ", " at least", " at most", " no more than", " without ",
-    " exactly", " ensure", " only ", " require", " constraint", " cannot ", " don't ", " do not ",
-    " within ", " unless ", " except", " while ",
+    " must ",
+    " should ",
+    " never ",
+    " always ",
+    " at least",
+    " at most",
+    " no more than",
+    " without ",
+    " exactly",
+    " ensure",
+    " only ",
+    " require",
+    " constraint",
+    " cannot ",
+    " don't ",
+    " do not ",
+    " within ",
+    " unless ",
+    " except",
+    " while ",
 )
 _TRACE_MARKS = ("traceback", "exception", "error:", "\n    at ", "panic:", "fatal", "stack trace", "line ")
 _MATH_MARKS = ("=", "^", "∑", "√", "≤", "≥", "∫", "π", "∀", "∃", "\\frac", "mod ", "prove", "probab")

@@ -114,9 +114,12 @@ class TierModel:
         return TierEstimate((1.0 - above_medium, 1.0 - above_large, 1.0))
 
 
-def save(meta: dict[str, Any], arrays: dict[str, np.ndarray], directory: Path = MODEL_DIR, stem: str = MODEL_STEM) -> Path:
+def save(
+    meta: dict[str, Any], arrays: dict[str, np.ndarray], directory: Path = MODEL_DIR, stem: str = MODEL_STEM
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     meta_path = directory / f"{stem}.json"
     meta_path.write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-    np.savez_compressed(directory / f"{stem}.npz", **{k: v.astype(np.float32) for k, v in arrays.items()})
+    tables: dict[str, Any] = {k: v.astype(np.float32) for k, v in arrays.items()}
+    np.savez_compressed(directory / f"{stem}.npz", **tables)
     return meta_path

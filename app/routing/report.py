@@ -70,8 +70,10 @@ class PolicyResult:
         per_task: dict[str, Counter[str]] = {}
         confusion: Counter[str] = Counter()
         for o in self.outcomes:
-            side = "below" if TIER_ORDER[o.served_tier] < TIER_ORDER[o.item.tier] else (
-                "above" if TIER_ORDER[o.served_tier] > TIER_ORDER[o.item.tier] else "exact"
+            side = (
+                "below"
+                if TIER_ORDER[o.served_tier] < TIER_ORDER[o.item.tier]
+                else ("above" if TIER_ORDER[o.served_tier] > TIER_ORDER[o.item.tier] else "exact")
             )
             per_task.setdefault(o.item.task, Counter())[side] += 1
             confusion[f"{o.item.tier}->{o.served_tier}"] += 1
@@ -107,12 +109,10 @@ def route_items(router: Router, catalog: Catalog, items: Sequence[Item]) -> list
             plan = router.plan(req, PRINCIPAL, quality=result.quality)
             tokens = plan.input_tokens
 
-            def price(name: str, tokens: int = tokens) -> Decimal:
+            def price(name: str, tokens: int = tokens, output: int = output) -> Decimal:
                 return expected_cost(catalog.models[name], tokens, output)
 
-            by_tier = {
-                tier: min(price(n) for n in candidates if catalog.models[n].tier == tier) for tier in TIERS
-            }
+            by_tier = {tier: min(price(n) for n in candidates if catalog.models[n].tier == tier) for tier in TIERS}
             estimate = plan.estimate
             result.outcomes.append(
                 Outcome(
@@ -173,8 +173,9 @@ def render(title: str, results: Sequence[PolicyResult], items: Sequence[Item]) -
     summaries = [r.summary() for r in results]
     for s in summaries:
         lines.append(
-            f"| {s['quality']} ({s['threshold']}) | {s['exact']:.1%} | {s['below_label']:.1%} | {s['above_label']:.1%} "
-            f"| {s['cost_over_oracle']:.2f}x | {s['cost_over_always_large']:.1%} | {s['oracle_over_always_large']:.1%} |"
+            f"| {s['quality']} ({s['threshold']}) | {s['exact']:.1%} | {s['below_label']:.1%} "
+            f"| {s['above_label']:.1%} | {s['cost_over_oracle']:.2f}x | {s['cost_over_always_large']:.1%} "
+            f"| {s['oracle_over_always_large']:.1%} |"
         )
     for s in summaries:
         if s["quality"] != "balanced":
@@ -183,7 +184,10 @@ def render(title: str, results: Sequence[PolicyResult], items: Sequence[Item]) -
         lines += ["| task | below | exact | above |", "|---|---|---|---|"]
         for task, c in s["per_task"].items():
             lines.append(f"| {task} | {c.get('below', 0)} | {c.get('exact', 0)} | {c.get('above', 0)} |")
-        lines += ["", "Tier confusion (label -> served): " + ", ".join(f"{k} {v}" for k, v in s["tier_confusion"].items())]
+        lines += [
+            "",
+            "Tier confusion (label -> served): " + ", ".join(f"{k} {v}" for k, v in s["tier_confusion"].items()),
+        ]
         if s["below_ids"]:
             lines.append("Below label: " + ", ".join(s["below_ids"]))
     return "\n".join(lines)

@@ -10,12 +10,14 @@ provider's prompt cache of everything said so far (and changes the voice of the 
 escalated model, which then sticks. Entries expire ``ttl_s`` after the last turn (refreshed on each).
 
 Stores: Redis when the gateway has one (shared by every replica; single-key GET/SET PX, so Redis
-Cluster works too), else a bounded in-process LRU with the same TTL. A Redis error is a miss (logged
-at most every 10 s): stickiness is an optimisation, never a reason to fail a request.
+Cluster works too), else a bounded in-process LRU with the same TTL. A Redis error, or an answer
+slower than ``OP_TIMEOUT_S``, is a miss (logged at most every 10 s): stickiness is an optimisation,
+never a reason to fail or stall a request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -30,7 +32,7 @@ log = logging.getLogger("tollway.routing.sticky")
 KEY_PREFIX = "tw:sticky:"
 DEFAULT_TTL_S = 3600.0
 LOCAL_MAX_ENTRIES = 50_000
-OP_TIMEOUT_S = 0.05
+OP_TIMEOUT_S = 0.1  # a slow Redis costs a request at most this, then it routes without stickiness
 
 
 def _text(content: list[Block]) -> str:
@@ -58,7 +60,9 @@ class StickyConversations:
         max_entries: int = LOCAL_MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
         key_prefix: str = KEY_PREFIX,
+        op_timeout_s: float = OP_TIMEOUT_S,
     ) -> None:
+        self._op_timeout_s = op_timeout_s
         self._redis = redis
         self._ttl_s = ttl_s
         self._max = max_entries
@@ -83,7 +87,8 @@ class StickyConversations:
             self._local.move_to_end(key)
             return entry[0]
         try:
-            value = await self._redis.get(key)
+            async with asyncio.timeout(self._op_timeout_s):
+                value = await self._redis.get(key)
         except Exception as exc:
             self._warn("lookup", exc)
             return None
@@ -101,7 +106,8 @@ class StickyConversations:
                 self._local.popitem(last=False)
             return
         try:
-            await self._redis.set(key, model, px=int(self._ttl_s * 1000))
+            async with asyncio.timeout(self._op_timeout_s):
+                await self._redis.set(key, model, px=int(self._ttl_s * 1000))
         except Exception as exc:
             self._warn("remember", exc)
 
