@@ -20,6 +20,7 @@ per-token scores, so training folds the embedding table into a small per-token s
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,36 +56,61 @@ def load_embedding_table(dims: int) -> np.ndarray:
 
 
 class TokenIds:
-    """Text → the BPE token ids of its words (a bounded window of them), memoised per word."""
+    """Text → the BPE token ids of its words (a bounded window of them), memoised per word.
 
-    def __init__(self) -> None:
+    ``flag`` (optional) gives each distinct word an integer read once per word and memoised with its
+    ids (``app.routing.features`` uses it for stem groups); ``read`` returns the ids and those
+    integers summed per bit, in one pass over the words."""
+
+    def __init__(self, flag: Callable[[str], int] | None = None, groups: int = 0) -> None:
         from tokenizers import Tokenizer
 
         path = wordllama_dir() / "tokenizers" / f"{WORDLLAMA_CONFIG}_tokenizer_config.json"
         self._tokenizer = Tokenizer.from_file(str(path))
-        self._memo: dict[str, tuple[int, ...]] = {}
+        self._memo: dict[str, tuple[tuple[int, ...], int]] = {}
+        self._flag = flag
+        self._groups = groups
 
     @property
     def vocab_size(self) -> int:
         return int(self._tokenizer.get_vocab_size())
 
-    def _word(self, word: str) -> tuple[int, ...]:
-        ids = self._memo.get(word)
-        if ids is None:
+    def _word(self, word: str) -> tuple[tuple[int, ...], int]:
+        entry = self._memo.get(word)
+        if entry is None:
             if len(self._memo) >= WORD_MEMO_SIZE:
                 self._memo.clear()  # rare; cheaper and simpler than LRU bookkeeping per lookup
             ids = tuple(self._tokenizer.encode(word, add_special_tokens=False).ids)
-            self._memo[word] = ids
-        return ids
+            entry = (ids, self._flag(word.lower()) if self._flag is not None else 0)
+            self._memo[word] = entry
+        return entry
+
+    def read(self, text: str) -> tuple[list[int], list[int]]:
+        """(token ids, at most ``MAX_TOKENS``; per flag bit, how many words had it)."""
+        memo = self._memo
+        out: list[int] = []
+        extend = out.extend
+        counts = [0] * self._groups
+        for word in text.split():
+            if len(word) > MAX_WORD_CHARS:  # rare: cut into pieces (at most four)
+                pieces = [word[i : i + MAX_WORD_CHARS] for i in range(0, 4 * MAX_WORD_CHARS, MAX_WORD_CHARS)]
+            else:
+                pieces = [word]
+            for piece in pieces:
+                if not piece:
+                    break
+                entry = memo.get(piece)
+                if entry is None:
+                    entry = self._word(piece)
+                extend(entry[0])
+                flag = entry[1]
+                if flag:
+                    for bit in range(self._groups):
+                        if flag >> bit & 1:
+                            counts[bit] += 1
+            if len(out) >= MAX_TOKENS:
+                return out[:MAX_TOKENS], counts
+        return out, counts
 
     def ids(self, text: str) -> list[int]:
-        out: list[int] = []
-        for word in text.split():
-            if len(word) > MAX_WORD_CHARS:
-                for start in range(0, min(len(word), 4 * MAX_WORD_CHARS), MAX_WORD_CHARS):
-                    out.extend(self._word(word[start : start + MAX_WORD_CHARS]))
-            else:
-                out.extend(self._word(word))
-            if len(out) >= MAX_TOKENS:
-                return out[:MAX_TOKENS]
-        return out
+        return self.read(text)[0]

@@ -27,32 +27,148 @@ SYSTEM_HEAD = 800
 SYSTEM_MEMO_SIZE = 256
 BYTES_PER_TOKEN = 3.5
 
-# Words that state a requirement or a constraint (English; the embedding covers other languages).
-_CONSTRAINT_WORDS = (
-    " must ",
-    " should ",
-    " never ",
-    " always ",
-    " at least",
-    " at most",
-    " no more than",
-    " without ",
-    " exactly",
-    " ensure",
-    " only ",
-    " require",
-    " constraint",
-    " cannot ",
-    " don't ",
-    " do not ",
-    " within ",
-    " unless ",
-    " except",
-    " while ",
-)
+# Words that state a requirement or a constraint (English; the embedding covers other languages):
+# the stems are matched per word, the phrases with str.count.
+_CONSTRAINT_STEMS = (
+    "must", "should", "never", "always", "without", "exactly", "ensure", "only", "require", "constraint",
+    "cannot", "within", "unless", "except", "deadline", "budget", "limit",
+)  # fmt: skip
+_CONSTRAINT_PHRASES = (" at least", " at most", " no more than", " don't ", " do not ")
 _TRACE_MARKS = ("traceback", "exception", "error:", "\n    at ", "panic:", "fatal", "stack trace", "line ")
 _MATH_MARKS = ("=", "^", "∑", "√", "≤", "≥", "∫", "π", "∀", "∃", "\\frac", "mod ", "prove", "probab")
-_CONTRAST_MARKS = (" but ", " however", " although", " whereas", " conflict", " contradict", " versus", " vs")
+_CONTRAST_STEMS = ("but", "however", "although", "whereas", "versus", "vs", "instead", "trade-off", "tradeoff")
+# Stems in several languages for what the tier definitions name as hard: proofs, conflicting
+# evidence, concurrency and distributed systems, high-stakes domains; and the casual framing that
+# often hides a hard question. Weights are learned: a stem is evidence, never a rule.
+_PROOF_STEMS = (
+    "prove",
+    "proof",
+    "demonstr",
+    "beweis",
+    "zeige",
+    "dimostr",
+    "montrer",
+    "démontr",
+    "prouve",
+    "demuestr",
+    "prueba",
+    "provar",
+    "докаж",
+    "доказ",
+    "证明",
+    "証明",
+    "증명",
+    "सिद्ध",
+    "أثبت",
+    "برهن",
+    "udowodnij",
+    "wykaż",
+    "lemma",
+    "theorem",
+    "induction",
+)
+_CONFLICT_STEMS = (
+    "conflict",
+    "contradict",
+    "inconsisten",
+    "discrepan",
+    "disagree",
+    "widersprech",
+    "widerspr",
+    "contradic",
+    "conflit",
+    "contraddi",
+    "противореч",
+    "矛盾",
+    "모순",
+    "विरोध",
+    "تناقض",
+    "sprzeczn",
+    "diverg",
+    "outdated",
+    "veraltet",
+    "obsolet",
+    "supersed",
+)
+_CONCURRENCY_STEMS = (
+    "race",
+    "deadlock",
+    "lock-free",
+    "atomic",
+    "mutex",
+    "concurren",
+    "thread",
+    "ordering",
+    "consensus",
+    "raft",
+    "paxos",
+    "replica",
+    "partition",
+    "isolation",
+    "linearizab",
+    "idempot",
+    "exactly-once",
+    "distributed",
+    "goroutine",
+    "async",
+    "transaction",
+    "snapshot",
+)
+_RISK_STEMS = (
+    "legal",
+    "liabil",
+    "indemn",
+    "clause",
+    "regulat",
+    "complian",
+    "gdpr",
+    "tax",
+    "medic",
+    "dose",
+    "drug",
+    "interaction",
+    "diagnos",
+    "export",
+    "sanction",
+    "lawsuit",
+    "court",
+    "insur",
+    "contract",
+    "patient",
+)
+# Stem groups matched per word (once per distinct word, memoised with its token ids): bit i = group i.
+_WORD_GROUPS = (_PROOF_STEMS, _CONFLICT_STEMS, _CONCURRENCY_STEMS, _RISK_STEMS, _CONSTRAINT_STEMS, _CONTRAST_STEMS)
+
+
+def _word_flags(word: str) -> int:
+    """Which stem groups a (lower-cased) word belongs to: an ASCII stem must start the word ("race"
+    is not in "trace"); a stem in another script may sit anywhere (CJK text has no spaces)."""
+    word = word.lstrip("\"'([{*_-`“«¿¡")
+    flags = 0
+    for bit, stems in enumerate(_WORD_GROUPS):
+        if any(word.startswith(stem) if stem.isascii() else stem in word for stem in stems):
+            flags |= 1 << bit
+    return flags
+
+
+_CASUAL_STEMS = (
+    "quick q",
+    "quick question",
+    "simple question",
+    "just wondering",
+    "kurze frage",
+    "kurz:",
+    "pregunta rápida",
+    "petite question",
+    "简单问",
+    "간단히",
+    "быстрый вопрос",
+    "domanda veloce",
+    "pergunta rápida",
+    "szybkie pytanie",
+    "quick check",
+    "real quick",
+)
 
 DENSE_NAMES: tuple[str, ...] = (
     *(f"task_score_{task}" for task in TASK_CLASSES),
@@ -82,6 +198,13 @@ DENSE_NAMES: tuple[str, ...] = (
     "math_marks",
     "constraint_words",
     "contrast_words",
+    "proof_stems",
+    "conflict_stems",
+    "concurrency_stems",
+    "risk_stems",
+    "casual_stems",
+    "system_risk_stems",
+    "system_conflict_stems",
     "question_marks",
     "instruction_lines_log",
     "system_present",
@@ -120,11 +243,12 @@ class FeatureExtractor:
     """Request → ``Extracted``. Holds the tokenizer and the per-word and per-system-prompt memos."""
 
     def __init__(self, tokens: TokenIds | None = None) -> None:
-        self.tokens = tokens or TokenIds()
+        self.tokens = tokens or TokenIds(_word_flags, len(_WORD_GROUPS))
         self._system = functools.lru_cache(maxsize=SYSTEM_MEMO_SIZE)(self._read_system)
 
-    def _read_system(self, window: str) -> tuple[tuple[int, ...], int]:
-        return tuple(self.tokens.ids(window)), _count(window.lower(), _CONSTRAINT_WORDS)
+    def _read_system(self, window: str) -> tuple[tuple[int, ...], int, int, int]:
+        ids, groups = self.tokens.read(window)
+        return tuple(ids), groups[4], groups[3], groups[1]
 
     def extract(self, req: ChatRequest, *, input_tokens: int | None = None) -> Extracted:
         classification = classify(req, input_tokens=input_tokens)
@@ -143,7 +267,11 @@ class FeatureExtractor:
         window = _window(user, USER_HEAD, USER_TAIL)
         lowered = " " + window.lower()
         instruction = user if len(user) <= 700 else user[:400] + "\n" + user[-300:]
-        system_ids, system_constraints = self._system(system[:SYSTEM_HEAD]) if system else ((), 0)
+        asked = " " + instruction.lower()
+        user_ids, groups = self.tokens.read(window)
+        system_ids, system_constraints, system_risk, system_conflict = (
+            self._system(system[:SYSTEM_HEAD]) if system else ((), 0, 0, 0)
+        )
         fences, code_marks, digits, _ = classification.structure
         scores = classification.scores
         n = max(len(window), 1)
@@ -178,8 +306,15 @@ class FeatureExtractor:
             _log(lowered.count("\n- ") + lowered.count("\n* ") + lowered.count("\n1.") + lowered.count("\n2.")),
             min(digits / max(len(instruction), 1) * 10, 3.0),
             _log(_count(lowered, _MATH_MARKS)),
-            _log(_count(lowered, _CONSTRAINT_WORDS) + system_constraints / 2),
-            _log(_count(lowered, _CONTRAST_MARKS)),
+            _log(groups[4] + _count(asked, _CONSTRAINT_PHRASES) + system_constraints / 2),
+            _log(groups[5]),
+            _log(groups[0]),
+            _log(groups[1]),
+            _log(groups[2]),
+            _log(groups[3]),
+            _log(_count(asked, _CASUAL_STEMS)),
+            _log(system_risk),
+            _log(system_conflict),
             _log(instruction.count("?")),
             _log(instruction.count("\n")),
             1.0 if system else 0.0,
@@ -187,7 +322,7 @@ class FeatureExtractor:
         ]
         return Extracted(
             dense=dense,
-            user_ids=self.tokens.ids(window),
+            user_ids=user_ids,
             system_ids=list(system_ids),
             classification=classification,
         )

@@ -240,6 +240,7 @@ class _Ask:
     budget_share_used: float | None = None
     quality: str | None = None
     sticky_model: str | None = None
+    price_rejected: bool = False  # explain shows every candidate's cost; plan needs the adequate ones only
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +328,8 @@ class Router:
         Unknown models and routes the team may not use raise ``RouteError`` (404/403) as in ``plan``;
         a request no candidate can serve is explained, with ``chosen: null`` and the ``error``.
         """
-        plan, error = self._evaluate(req, principal, _Ask(task_hint, budget_share_used, quality, sticky_model))
+        ask = _Ask(task_hint, budget_share_used, quality, sticky_model, price_rejected=True)
+        plan, error = self._evaluate(req, principal, ask)
         candidates = plan.candidates + sorted(plan.rejected, key=lambda c: (c.cost, -TIER_ORDER[c.tier]))
         chosen = plan.candidates[0].name if plan.candidates and error is None else None
         classification = plan.classification
@@ -466,6 +468,7 @@ class Router:
                 expected_output=expected_output,
                 min_tier=min_tier,
                 allowed_models=allowed_models,
+                price_rejected=ask.price_rejected,
             )
             if cand.adequate:
                 adequate.append((cand.cost, -TIER_ORDER[cand.tier], index, cand))
@@ -626,6 +629,7 @@ class Router:
         expected_output: int,
         min_tier: str | None,
         allowed_models: frozenset[str] | None,
+        price_rejected: bool = True,
     ) -> Candidate:
         model = self.catalog.models[name]
         caps = model.capabilities
@@ -665,7 +669,10 @@ class Router:
         return Candidate(
             name=name,
             model=model,
-            cost=expected_cost(model, shape.input_tokens, output, cached),
+            # Pricing is most of a candidate's cost to evaluate; a rejected one is priced for explain only.
+            cost=expected_cost(model, shape.input_tokens, output, cached)
+            if price_rejected or not failures
+            else Decimal(0),
             failures=failures,
             expected_output_tokens=output,
             cached_tokens=cached,

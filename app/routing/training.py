@@ -27,7 +27,7 @@ from app.routing.embedding import WORDLLAMA_CONFIG, load_embedding_table, wordll
 from app.routing.features import DENSE_NAMES, FeatureExtractor
 from app.routing.model import FORMAT, FORMAT_VERSION, TierModel
 
-EMBED_DIMS = 64
+EMBED_DIMS = 128
 C_GRID: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 C_TOLERANCE = 0.005  # log-loss within this of the best counts as a tie (take the smaller C)
 HEADS = ("above_small", "above_medium")  # label ≥ medium, label ≥ large
