@@ -42,12 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     from app.budgets.cli import register as register_budgets
     from app.db.cli import register as register_db
     from app.ledger.cli import register as register_ledger
+    from app.routing.cli import register as register_routing
     from app.teams.cli import register as register_teams
 
     register_db(sub)
     register_teams(sub)
     register_budgets(sub)
     register_ledger(sub)
+    register_routing(sub)
     return parser
 
 

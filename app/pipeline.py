@@ -48,6 +48,7 @@ from app.providers.dispatch import (
 )
 from app.relay import Relay
 from app.routing.router import Candidate, Plan, RouteError, Router
+from app.routing.sticky import StickyConversations
 from app.routing.verify import verify
 from app.wire.anthropic import response_to_events
 from app.wire.codec import ClientCodec, codec_for
@@ -83,6 +84,7 @@ class Pipeline:
         bookkeeper: Bookkeeper,
         metrics: Metrics,
         lifecycle: Lifecycle,
+        sticky: StickyConversations,
         spawn: Spawn,
     ) -> None:
         self.settings = settings
@@ -96,6 +98,7 @@ class Pipeline:
         self.bookkeeper = bookkeeper
         self.metrics = metrics
         self.lifecycle = lifecycle
+        self.sticky = sticky
         self.spawn = spawn
 
     # ---- the journey -------------------------------------------------------------------------------
@@ -111,7 +114,8 @@ class Pipeline:
             trail.chat = chat = parse(codec, inbound)  # canonical form, once
             trail.end_user = end_user_of(chat)
             with span("tollway.route"):
-                trail.plan = plan = self.route(chat, trail.principal, inbound.headers)  # 2. which model
+                sticky = await self.sticky_model(chat, trail.principal)  # a conversation keeps its model
+                trail.plan = plan = self.route(chat, trail.principal, inbound.headers, sticky)  # 2. which model
             with span("tollway.admit"):
                 trail.admission = await self.admit(chat, plan, trail.principal, trail.request_id)  # 3. budget
             cache = await self.look_up_cache(chat, plan, trail.principal, inbound.headers)  # 4. caching
@@ -123,8 +127,10 @@ class Pipeline:
                         trail, chat, self.dispatcher.candidates(plan), inbound.headers, stream=True
                     )
                     streaming = True
+                    self.remember_model(trail)
                     return self.stream(codec, trail, upstream, served, cache)
                 answer = await self.complete(trail, chat, plan, inbound.headers)  # 5. call the provider
+            self.remember_model(trail)
             return self.respond(codec, trail, answer, cache)  # 6. respond; 7 runs after it is sent
         except GatewayError as err:
             return self.fail(codec, trail, err)
@@ -159,13 +165,22 @@ class Pipeline:
 
     # ---- 2. route ----------------------------------------------------------------------------------
 
-    def route(self, chat: ChatRequest, principal: Principal, headers: Mapping[str, str]) -> Plan:
+    async def sticky_model(self, chat: ChatRequest, principal: Principal) -> str | None:
+        """The model this conversation already uses (routes only, later turns only)."""
+        if chat.model not in self.catalog.routes or len(chat.messages) < 2:
+            return None
+        return await self.sticky.lookup(principal.team_id, chat)
+
+    def route(
+        self, chat: ChatRequest, principal: Principal, headers: Mapping[str, str], sticky: str | None = None
+    ) -> Plan:
         try:
             return self.router.plan(
                 chat,
                 principal,
                 task_hint=headers.get("x-tollway-task"),
                 budget_share_used=self.budget_shares.used(principal),
+                sticky_model=sticky,
             )
         except RouteError as err:
             raise route_error(err) from err
@@ -175,6 +190,13 @@ class Pipeline:
         if route is not None and route.deadline_s is not None:
             return route.deadline_s
         return self.settings.request_deadline_s
+
+    def remember_model(self, trail: Trail) -> None:
+        """The model that served this turn (the escalated one after an escalation) sticks to the
+        conversation, in the background: the answer does not wait for Redis."""
+        plan, served, principal = trail.plan, trail.calls.served_model, trail.principal
+        if plan is not None and plan.route and served and principal is not None and trail.chat is not None:
+            self.spawn(self.sticky.remember(principal.team_id, trail.chat, served))
 
     # ---- 3. admit ----------------------------------------------------------------------------------
 

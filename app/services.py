@@ -35,6 +35,7 @@ from app.providers.dispatch import Dispatcher
 from app.providers.registry import ProviderRegistry
 from app.routing.health import DeploymentHealth
 from app.routing.router import Router
+from app.routing.sticky import StickyConversations
 from app.teams.store import TeamStore
 
 log = logging.getLogger("tollway")
@@ -58,6 +59,7 @@ class Services:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     budget_shares: BudgetShares = field(default_factory=BudgetShares)
     auth_throttle: FailedAuthThrottle = field(default_factory=FailedAuthThrottle)
+    sticky: StickyConversations = field(default_factory=StickyConversations)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -118,6 +120,7 @@ def build_pipeline(services: Services) -> Pipeline:
         bookkeeper=Bookkeeper(services.settings, services.limiter, services.recorder, services.metrics),
         metrics=services.metrics,
         lifecycle=services.lifecycle,
+        sticky=services.sticky,
         spawn=services.spawn,
     )
 
@@ -155,6 +158,7 @@ async def build_services(settings: Settings, catalog: Catalog) -> Services:
         limiter=create_limiter(settings, redis),
         health=health,
         router=Router(catalog, health),
+        sticky=StickyConversations(redis),
         response_cache=create_response_cache(settings, redis),
         metrics=metrics,
         redis=redis,

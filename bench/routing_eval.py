@@ -31,8 +31,8 @@ import orjson
 
 from app.auth.principal import Principal
 from app.config import TIER_ORDER, Catalog, load_catalog
-from app.domain import ChatRequest, Message, ResponseFormat, Tool
 from app.routing.classifier import TASK_CLASSES
+from app.routing.corpus import to_chat_request
 from app.routing.health import DeploymentHealth
 from app.routing.router import Router
 
@@ -51,33 +51,6 @@ def load_items(path: Path) -> list[dict[str, Any]]:
             except orjson.JSONDecodeError as exc:
                 raise SystemExit(f"{path}:{number}: not JSON: {exc}") from exc
     return items
-
-
-def _blocks(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    return list(content)
-
-
-def to_chat_request(request: dict[str, Any], model: str = "auto") -> ChatRequest:
-    """The canonical request for one eval item (Anthropic-shaped JSON)."""
-    system = request.get("system")
-    fmt = request.get("response_format")
-    return ChatRequest(
-        model=model,
-        messages=[Message(role=m["role"], content=_blocks(m["content"])) for m in request["messages"]],
-        max_tokens=request.get("max_tokens"),
-        client_format="anthropic",
-        system=_blocks(system) if system else [],
-        tools=[
-            Tool(name=t["name"], description=t.get("description"), input_schema=t["input_schema"])
-            for t in request.get("tools", [])
-        ],
-        tool_choice=request.get("tool_choice"),
-        response_format=(
-            ResponseFormat(type=fmt["type"], schema=fmt.get("schema"), name=fmt.get("name")) if fmt else None
-        ),
-    )
 
 
 def update_results(section: str, data: dict[str, Any], path: Path = RESULTS_FILE) -> None:

@@ -1,4 +1,8 @@
-"""``POST /v1/routing/explain``: what the router would do with a request, without calling a model."""
+"""``POST /v1/routing/explain``: what the router would do with a request, without calling a model.
+
+The answer includes the learned model's per-tier probabilities (``tier_probabilities``), the team's
+``quality`` policy and its ``threshold``, the ``needed_tier``, the conversation's ``sticky`` model
+(a later turn of a conversation this team already routed), and the choice."""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ async def explain(request: Request) -> Response:
             principal,
             task_hint=request.headers.get("x-tollway-task"),
             budget_share_used=pipeline.budget_shares.used(principal),
+            sticky_model=await pipeline.sticky_model(chat, principal),
         )
     except GatewayError as err:
         return error_response(err, fmt)

@@ -46,6 +46,9 @@ class TeamPolicy:
     # A request whose worst case does not fit the budget left runs with its output capped to what is
     # left (finish_reason "length") instead of being refused with 429. Off by default.
     cap_output_to_budget: bool = False
+    # How sure the router must be that a tier is adequate before choosing it (app.routing.model:
+    # strict 0.95, balanced 0.85, economy 0.7).
+    quality: Literal["strict", "balanced", "economy"] = "balanced"
 
 
 @dataclass(frozen=True, slots=True)

@@ -540,6 +540,18 @@ class Classification:
     _features: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
+    def scores(self) -> dict[str, float]:
+        """Each task class's score (0 for a class with no evidence); the learned router's features."""
+        return dict(self.evidence[3]) if self.evidence else {}
+
+    @property
+    def structure(self) -> tuple[int, int, int, int]:
+        """(code fences, code markers, digits in the instruction, scanned characters)."""
+        if not self.evidence:
+            return (0, 0, 0, 0)
+        return (self.evidence[11], self.evidence[12], self.evidence[14], self.evidence[16])
+
+    @property
     def features(self) -> dict[str, Any]:
         """Matched cues, per-class scores and structural measurements, for the explain endpoint."""
         if self._features is None:

@@ -3,9 +3,13 @@
 For a **route**, every candidate model is checked against the request's hard constraints and the
 task tier, priced for this request, and the adequate ones are returned cheapest first:
 
-1. *Task class*: the ``x-tollway-task`` header (``task_hint``) wins, then the route's fixed ``task``
-   (``auto:extraction``), then the classifier.
-2. *Minimum tier*: ``catalog.task_tiers[task]``, raised to the route's and the team's ``min_tier``.
+1. *Needed tier* (``app.routing.model``): the learned model's calibrated probability that each tier
+   is adequate for this request; the needed tier is the cheapest whose probability reaches the team's
+   ``quality`` threshold (strict 0.95, balanced 0.85, economy 0.7). Without a model artefact the
+   needed tier falls back to ``catalog.task_tiers[task]``.
+   *Task class* (for the output-length forecast only): the ``x-tollway-task`` header
+   (``task_hint``) wins, then the route's fixed ``task`` (``auto:extraction``), then the classifier.
+2. *Minimum tier*: the needed tier, raised to the route's and the team's ``min_tier``.
    When the team has used ``downgrade_at_budget_share`` of its budget the minimum drops one tier
    (never below the team's or the route's minimum), and the reason says ``downgraded``. The team's
    ``max_tier`` is a ceiling: models above it are inadequate, and a minimum above it is lowered to it.
@@ -14,11 +18,14 @@ task tier, priced for this request, and the adequate ones are returned cheapest 
    ``max_output`` (``max_tokens`` ≤ the model's maximum output), ``tools``, ``vision``,
    ``documents``, ``structured_output``, ``team_allowed``, ``tier`` and ``healthy`` (some deployment
    is not cooling down).
-4. *Expected cost* (``forecast_cost``: the formula of ``app.ledger.pricing.expected_cost``, with each
-   model's price bands sorted once): estimated input tokens, of which the likely cached prefix is
-   priced as a cache read; output = the task's typical length (``EXPECTED_OUTPUT``) capped by the
-   output budget. Ties go to the higher tier (same price, more capable), then to the
-   route's candidate order.
+4. *Expected cost* (``app.ledger.pricing.expected_cost``): estimated input tokens, of which the
+   likely cached prefix is priced as a cache read; output = the task's typical length
+   (``EXPECTED_OUTPUT``) capped by the output budget. Ties go to the higher tier (same price, more
+   capable), then to the route's candidate order.
+5. *Sticky conversations* (``sticky_model``, from ``app.routing.sticky``): a later turn of a
+   conversation goes first to the model the conversation already uses when it is adequate (its tier
+   reaches this turn's minimum), else first to adequate models of the same provider (its prompt
+   cache keeps paying), cheapest first.
 
 For a **concrete model** (or alias) the plan holds that one model. Its constraints are still checked:
 context, output and capability failures are 400s, a team that may not use it gets 403, a model whose
@@ -29,8 +36,10 @@ Errors carry ``status`` and a ``kind`` from ``app.errors.ErrorKind``.
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any, get_args
 
 import orjson
@@ -38,10 +47,14 @@ import orjson
 from app.auth.principal import Principal, TeamPolicy
 from app.config import TIER_ORDER, Catalog, ModelConfig, RouteConfig, TaskClass
 from app.domain import Block, ChatRequest
-from app.ledger.pricing import QUANTUM
+from app.ledger.pricing import expected_cost
 from app.routing.classifier import Classification, classify
+from app.routing.features import FeatureExtractor
 from app.routing.health import DeploymentHealth
+from app.routing.model import DEFAULT_QUALITY, QUALITY_THRESHOLDS, ModelFileError, TierEstimate, TierModel
 from app.tokens import BYTES_PER_TOKEN_ESTIMATE, PER_BLOCK_OVERHEAD, block_bytes, request_bytes
+
+log = logging.getLogger("tollway.routing")
 
 TASK_CLASSES: frozenset[str] = frozenset(get_args(TaskClass))
 TIER_NAMES: tuple[str, ...] = tuple(sorted(TIER_ORDER, key=TIER_ORDER.__getitem__))
@@ -94,7 +107,7 @@ class RouteError(Exception):
 class Candidate:
     name: str  # model name in the catalog
     model: ModelConfig
-    cost_units: int  # expected cost in COST_UNITS_PER_USD: exact integers, compared per request
+    cost: Decimal  # expected cost in USD (app.ledger.pricing.expected_cost)
     failures: dict[str, str]  # constraint → why it failed (the others are "ok")
     expected_output_tokens: int = 0
     cached_tokens: int = 0
@@ -109,8 +122,8 @@ class Candidate:
 
     @property
     def expected_cost(self) -> Decimal:
-        """In USD, rounded as the ledger rounds (``app.ledger.pricing.QUANTUM``)."""
-        return units_to_usd(self.cost_units)
+        """In USD, rounded as the ledger rounds."""
+        return self.cost
 
     @property
     def verdicts(self) -> dict[str, str]:
@@ -134,6 +147,11 @@ class Plan:
     input_tokens: int = 0  # the calibrated input estimate used for adequacy and cost
     downgraded: bool = False
     classification: Classification | None = field(default=None, repr=False)
+    estimate: TierEstimate | None = None  # the learned model's P(tier adequate), when it decided
+    quality: str | None = None  # the quality policy applied, and its threshold
+    threshold: float | None = None
+    needed_tier: str | None = None  # the tier the estimate (or task_tiers) asked for, before policy
+    sticky: str | None = None  # the conversation's model this plan put first, if any
 
     @property
     def chosen(self) -> Candidate:
@@ -214,60 +232,59 @@ def _inner_kinds(block: Block, kinds: set[str]) -> None:
                 kinds.add(item.get("type") or "")
 
 
-# Prices are USD per million tokens with at most PRICE_DECIMALS decimals, so a forecast is an exact
-# integer in COST_UNITS_PER_USD: integer arithmetic is several times cheaper than Decimal, and every
-# routed request prices every candidate of its route.
-PRICE_DECIMALS = 9
-COST_UNITS_PER_USD = 10**PRICE_DECIMALS * 1_000_000
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """What the caller adds to the request: the task header, budget state, policy override, sticky model."""
 
-
-def _price_units(price: Decimal) -> int:
-    units = price * 10**PRICE_DECIMALS
-    if units != units.to_integral_value():
-        raise ValueError(f"price {price} has more than {PRICE_DECIMALS} decimals")
-    return int(units)
-
-
-def units_to_usd(units: int) -> Decimal:
-    return (Decimal(units) / COST_UNITS_PER_USD).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+    task_hint: str | None = None
+    budget_share_used: float | None = None
+    quality: str | None = None
+    sticky_model: str | None = None
+    price_rejected: bool = False  # explain shows every candidate's cost; plan needs the adequate ones only
 
 
 @dataclass(frozen=True, slots=True)
-class _Rates:
-    """A model's prices, pre-sorted for ``forecast_units``: (threshold, input, output, cache_read),
-    prices as integers (``_price_units``)."""
-
-    bands: tuple[tuple[int, int, int, int], ...]
-
-    @classmethod
-    def of(cls, model: ModelConfig) -> _Rates:
-        p = model.prices
-        bands = [(0, p.input, p.output, p.cache_read)]
-        bands += [(b.above_input_tokens, b.input, b.output, b.cache_read) for b in p.bands]
-        bands.sort(key=lambda b: b[0])
-        return cls(tuple((t, _price_units(i), _price_units(o), _price_units(c)) for t, i, o, c in bands))
+class _Need:
+    task: str
+    source: str
+    tier: str
+    classification: Classification | None
+    estimate: TierEstimate | None
+    quality: str
+    threshold: float
 
 
-def forecast_units(rates: _Rates, input_tokens: int, output_tokens: int, cached_tokens: int) -> int:
-    """``app.ledger.pricing.expected_cost`` in exact integer units, band lookup precomputed."""
-    cached = min(cached_tokens, input_tokens)
-    chosen = rates.bands[0]
-    for band in rates.bands:
-        if input_tokens > band[0]:
-            chosen = band
-    return max(input_tokens - cached, 0) * chosen[1] + output_tokens * chosen[2] + cached * chosen[3]
-
-
-def forecast_cost(rates: _Rates, input_tokens: int, output_tokens: int, cached_tokens: int) -> Decimal:
-    """``app.ledger.pricing.expected_cost`` (same formula and rounding: a test holds them equal)."""
-    return units_to_usd(forecast_units(rates, input_tokens, output_tokens, cached_tokens))
+@functools.lru_cache(maxsize=1)
+def default_tier_model() -> tuple[TierModel, FeatureExtractor] | None:
+    """The shipped artefact and a feature extractor, loaded once per process (None when missing)."""
+    try:
+        return TierModel.load(), FeatureExtractor()
+    except (ModelFileError, RuntimeError) as exc:
+        log.warning("no learned tier model (%s): routing falls back to the catalog's task_tiers", exc)
+        return None
 
 
 class Router:
-    def __init__(self, catalog: Catalog, health: DeploymentHealth) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        health: DeploymentHealth,
+        tier_model: TierModel | bool | None = True,
+        features: FeatureExtractor | None = None,
+    ) -> None:
+        """``tier_model``: True loads the shipped artefact (``default_tier_model``); None or False
+        routes by ``catalog.task_tiers``; a ``TierModel`` is used as given (training, reports)."""
         self.catalog = catalog
         self.health = health
-        self._rates = {name: _Rates.of(model) for name, model in catalog.models.items()}
+        self.tier_model: TierModel | None
+        self.features: FeatureExtractor | None
+        if tier_model is True:
+            loaded = default_tier_model()
+            self.tier_model, self.features = loaded if loaded is not None else (None, None)
+        elif isinstance(tier_model, TierModel):
+            self.tier_model, self.features = tier_model, features or FeatureExtractor()
+        else:
+            self.tier_model, self.features = None, None
         for name, model in catalog.models.items():
             health.register(name, model.all_deployments(name))
         self._aliases: dict[str, tuple[str, ...]] = {
@@ -283,9 +300,15 @@ class Router:
         *,
         task_hint: str | None = None,
         budget_share_used: float | None = None,
+        quality: str | None = None,
+        sticky_model: str | None = None,
     ) -> Plan:
-        """Route ``req``; raises ``RouteError`` when it cannot be served."""
-        plan, error = self._evaluate(req, principal, task_hint, budget_share_used)
+        """Route ``req``; raises ``RouteError`` when it cannot be served.
+
+        ``quality`` overrides the team's policy (``strict`` / ``balanced`` / ``economy``);
+        ``sticky_model`` is the model this conversation already uses (``app.routing.sticky``)."""
+        ask = _Ask(task_hint, budget_share_used, quality, sticky_model)
+        plan, error = self._evaluate(req, principal, ask)
         if error is not None:
             raise error
         return plan
@@ -297,17 +320,17 @@ class Router:
         *,
         task_hint: str | None = None,
         budget_share_used: float | None = None,
+        quality: str | None = None,
+        sticky_model: str | None = None,
     ) -> dict[str, Any]:
         """The routing decision as JSON-able data, without calling any provider.
 
         Unknown models and routes the team may not use raise ``RouteError`` (404/403) as in ``plan``;
         a request no candidate can serve is explained, with ``chosen: null`` and the ``error``.
         """
-        plan, error = self._evaluate(req, principal, task_hint, budget_share_used)
-        candidates = sorted(
-            plan.candidates + plan.rejected,
-            key=lambda c: (not c.adequate, c.cost_units, -TIER_ORDER[c.tier]),
-        )
+        ask = _Ask(task_hint, budget_share_used, quality, sticky_model, price_rejected=True)
+        plan, error = self._evaluate(req, principal, ask)
+        candidates = plan.candidates + sorted(plan.rejected, key=lambda c: (c.cost, -TIER_ORDER[c.tier]))
         chosen = plan.candidates[0].name if plan.candidates and error is None else None
         classification = plan.classification
         return {
@@ -317,8 +340,14 @@ class Router:
             "task_source": plan.task_source,
             "confidence": classification.confidence if classification else None,
             "features": classification.features if classification else {},
+            "tier_model": self.tier_model.version if self.tier_model is not None else None,
+            "tier_probabilities": plan.estimate.as_dict() if plan.estimate is not None else None,
+            "quality": plan.quality,
+            "threshold": plan.threshold,
+            "needed_tier": plan.needed_tier,
             "min_tier": plan.min_tier,
             "downgraded": plan.downgraded,
+            "sticky": plan.sticky,
             "input_tokens": plan.input_tokens,
             "chosen": chosen,
             "reason": plan.reason,
@@ -350,21 +379,15 @@ class Router:
             return []
         floor = TIER_ORDER[model.tier]
         higher = [c for c in plan.candidates if TIER_ORDER[c.tier] > floor]
-        higher.sort(key=lambda c: (TIER_ORDER[c.tier], c.cost_units))
+        higher.sort(key=lambda c: (TIER_ORDER[c.tier], c.cost))
         return higher
 
     # ---- evaluation -----------------------------------------------------------------------------
 
-    def _evaluate(
-        self,
-        req: ChatRequest,
-        principal: Principal,
-        task_hint: str | None,
-        budget_share_used: float | None,
-    ) -> tuple[Plan, RouteError | None]:
+    def _evaluate(self, req: ChatRequest, principal: Principal, ask: _Ask) -> tuple[Plan, RouteError | None]:
         route = self.catalog.routes.get(req.model)
         if route is not None:
-            return self._evaluate_route(req, req.model, route, principal, task_hint, budget_share_used)
+            return self._evaluate_route(req, req.model, route, principal, ask)
         name = self.catalog.resolve_model(req.model)
         if name is None:
             raise RouteError(404, "not_found", f"model not found: {req.model}")
@@ -419,13 +442,7 @@ class Router:
         )
 
     def _evaluate_route(
-        self,
-        req: ChatRequest,
-        route_name: str,
-        route: RouteConfig,
-        principal: Principal,
-        task_hint: str | None,
-        budget_share_used: float | None,
+        self, req: ChatRequest, route_name: str, route: RouteConfig, principal: Principal, ask: _Ask
     ) -> tuple[Plan, RouteError | None]:
         policy = principal.policy
         allowed_models: frozenset[str] | None = None
@@ -437,25 +454,10 @@ class Router:
             allowed_models = frozenset(n for n in named if n is not None) or None
 
         shape = _scan(req)
-        classification: Classification | None = None
-        if task_hint is not None:
-            if task_hint not in TASK_CLASSES:
-                raise RouteError(
-                    400,
-                    "invalid_request",
-                    f"unknown task class '{task_hint}' in x-tollway-task; "
-                    f"expected one of: {', '.join(sorted(TASK_CLASSES))}",
-                )
-            task, source = task_hint, "header"
-        elif route.task is not None:
-            task, source = route.task, "route"
-        else:
-            classification = classify(req, input_tokens=shape.input_tokens)
-            task, source = classification.task, "classifier"
-
-        min_tier, downgraded = self._min_tier(task, route, policy, budget_share_used)
-        expected_output = EXPECTED_OUTPUT[task]
-        adequate: list[tuple[int, int, int, Candidate]] = []
+        need = self._need(req, route, policy, ask, shape.input_tokens)
+        min_tier, downgraded = self._min_tier(need.tier, route, policy, ask.budget_share_used)
+        expected_output = EXPECTED_OUTPUT[need.task]
+        adequate: list[tuple[Decimal, int, int, Candidate]] = []
         rejected: list[Candidate] = []
         for index, name in enumerate(route.candidates):
             cand = self._candidate(
@@ -466,23 +468,28 @@ class Router:
                 expected_output=expected_output,
                 min_tier=min_tier,
                 allowed_models=allowed_models,
+                price_rejected=ask.price_rejected,
             )
             if cand.adequate:
-                adequate.append((cand.cost_units, -TIER_ORDER[cand.tier], index, cand))
+                adequate.append((cand.cost, -TIER_ORDER[cand.tier], index, cand))
             else:
                 rejected.append(cand)
         adequate.sort(key=lambda item: item[:3])
-        reason = f"route={route_name} task={task} src={source} tier>={min_tier}"
+        candidates, sticky, order = self._sticky_order([item[3] for item in adequate], ask.sticky_model)
+        reason = f"route={route_name} task={need.task} src={need.source} tier>={min_tier}"
+        if need.estimate is not None:
+            p = need.estimate.adequate
+            reason += f" p={p[0]:.2f}/{p[1]:.2f} q={need.threshold}"
         if downgraded:
             reason += " downgraded=budget"
-        reason += " cheapest"
+        reason += f" {order}"
         plan = Plan(
             requested=req.model,
             route=route_name,
-            task=task,
-            task_source=source,
+            task=need.task,
+            task_source=need.source,
             min_tier=min_tier,
-            candidates=[item[3] for item in adequate],
+            candidates=candidates,
             rejected=rejected,
             reason=reason,
             # Streams skip escalation: verifying needs the whole answer, and buffering it would
@@ -491,11 +498,74 @@ class Router:
             fallback=route.fallback,
             input_tokens=shape.input_tokens,
             downgraded=downgraded,
-            classification=classification,
+            classification=need.classification,
+            estimate=need.estimate,
+            quality=need.quality,
+            threshold=need.threshold,
+            needed_tier=need.tier,
+            sticky=sticky,
         )
         if adequate:
             return plan, None
         return plan, self._no_adequate(route_name, rejected)
+
+    def _need(
+        self, req: ChatRequest, route: RouteConfig, policy: TeamPolicy, ask: _Ask, input_tokens: int
+    ) -> _Need:
+        """The tier this request needs (learned, or ``task_tiers``) and its task class."""
+        quality = ask.quality or getattr(policy, "quality", None) or DEFAULT_QUALITY
+        if quality not in QUALITY_THRESHOLDS:
+            raise RouteError(
+                400, "invalid_request", f"unknown quality policy '{quality}'; expected one of: "
+                + ", ".join(QUALITY_THRESHOLDS)
+            )
+        threshold = QUALITY_THRESHOLDS[quality]
+        classification: Classification | None = None
+        estimate: TierEstimate | None = None
+        if self.tier_model is not None and self.features is not None:
+            extracted = self.features.extract(req, input_tokens=input_tokens)
+            classification = extracted.classification
+            estimate = self.tier_model.estimate(extracted)
+        if ask.task_hint is not None:
+            if ask.task_hint not in TASK_CLASSES:
+                raise RouteError(
+                    400,
+                    "invalid_request",
+                    f"unknown task class '{ask.task_hint}' in x-tollway-task; "
+                    f"expected one of: {', '.join(sorted(TASK_CLASSES))}",
+                )
+            task, source = ask.task_hint, "header"
+        elif route.task is not None:
+            task, source = route.task, "route"
+        else:
+            if classification is None:
+                classification = classify(req, input_tokens=input_tokens)
+            task, source = classification.task, "classifier"
+        if estimate is not None:
+            tier = estimate.tier(threshold)
+        else:
+            tier = self.catalog.task_tiers[task]  # type: ignore[index]
+        return _Need(task, source, tier, classification, estimate, quality, threshold)
+
+    def _sticky_order(
+        self, adequate: list[Candidate], sticky_model: str | None
+    ) -> tuple[list[Candidate], str | None, str]:
+        """Put the conversation's model first when it is adequate, else its provider's models."""
+        if not sticky_model or not adequate:
+            return adequate, None, "cheapest"
+        name = self.catalog.resolve_model(sticky_model) or sticky_model
+        for index, cand in enumerate(adequate):
+            if cand.name == name:
+                return [cand, *adequate[:index], *adequate[index + 1 :]], name, f"sticky={name}"
+        model = self.catalog.models.get(name)
+        if model is None:
+            return adequate, None, "cheapest"
+        provider = model.all_deployments(name)[0].provider
+        same = [c for c in adequate if c.model.all_deployments(c.name)[0].provider == provider]
+        if not same:
+            return adequate, None, "cheapest"
+        rest = [c for c in adequate if c not in same]
+        return [*same, *rest], None, f"sticky-provider={provider}"
 
     def _no_adequate(self, route_name: str, rejected: list[Candidate]) -> RouteError:
         def only_fails(cand: Candidate, constraint: str) -> bool:
@@ -524,9 +594,9 @@ class Router:
         return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}")
 
     def _min_tier(
-        self, task: str, route: RouteConfig, policy: TeamPolicy, budget_share_used: float | None
+        self, needed: str, route: RouteConfig, policy: TeamPolicy, budget_share_used: float | None
     ) -> tuple[str, bool]:
-        level = TIER_ORDER[self.catalog.task_tiers[task]]  # type: ignore[index]
+        level = TIER_ORDER[needed]
         floor = 0
         if route.min_tier:
             floor = max(floor, TIER_ORDER[route.min_tier])
@@ -559,6 +629,7 @@ class Router:
         expected_output: int,
         min_tier: str | None,
         allowed_models: frozenset[str] | None,
+        price_rejected: bool = True,
     ) -> Candidate:
         model = self.catalog.models[name]
         caps = model.capabilities
@@ -598,7 +669,10 @@ class Router:
         return Candidate(
             name=name,
             model=model,
-            cost_units=forecast_units(self._rates[name], shape.input_tokens, output, cached),
+            # Pricing is most of a candidate's cost to evaluate; a rejected one is priced for explain only.
+            cost=expected_cost(model, shape.input_tokens, output, cached)
+            if price_rejected or not failures
+            else Decimal(0),
             failures=failures,
             expected_output_tokens=output,
             cached_tokens=cached,

@@ -98,6 +98,7 @@ class PolicyIn(_Strict):
     response_cache: Annotated[bool, Field(strict=True)] = False
     default_max_tokens: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] | None = None
     cap_output_to_budget: Annotated[bool, Field(strict=True)] = False
+    quality: Literal["strict", "balanced", "economy"] = "balanced"
 
     @model_validator(mode="after")
     def _tiers_ordered(self) -> PolicyIn:

@@ -1,0 +1,241 @@
+"""Training the tier model (``tollway routing train``): deterministic, seconds, no test data read.
+
+1. Load the corpus (``app.routing.corpus``) and keep the *train* and *validation* splits only.
+2. Features per item (``app.routing.features``) and the mean wordllama vector (first ``EMBED_DIMS``
+   dimensions) of the user window and of the system window.
+3. Two L2-regularised logistic regressions on standardised features: label ≥ medium, label ≥ large.
+   The regularisation strength ``C`` is chosen from ``C_GRID`` by 5-fold cross-validated log-loss
+   over train + validation (folds by id hash); ties and near-ties (within ``C_TOLERANCE``) go to the
+   stronger regularisation — a simpler model that generalises beyond this corpus.
+4. Platt calibration of each head on its out-of-fold scores, then the final fit on train + validation.
+5. The artefact: coefficients as JSON, the embedding weights folded into per-token score tables.
+
+Everything is seeded or order-independent: the same corpus gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.routing.corpus import Item, corpus_digest, fold_of, split_of, to_chat_request
+from app.routing.embedding import WORDLLAMA_CONFIG, load_embedding_table, wordllama_version
+from app.routing.features import DENSE_NAMES, FeatureExtractor
+from app.routing.model import FORMAT, FORMAT_VERSION, TierModel
+
+EMBED_DIMS = 128
+C_GRID: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+C_TOLERANCE = 0.005  # log-loss within this of the best counts as a tie (take the smaller C)
+HEADS = ("above_small", "above_medium")  # label ≥ medium, label ≥ large
+PLATT_C = 1e4  # calibration is two parameters: barely regularised
+
+
+@dataclass(slots=True)
+class Matrix:
+    """Features of a list of items: dense measurements, mean token vectors, token ids, labels."""
+
+    items: list[Item]
+    dense: np.ndarray  # (N, D)
+    user_emb: np.ndarray  # (N, dims)
+    system_emb: np.ndarray  # (N, dims)
+    y: np.ndarray  # (N,) 0 small, 1 medium, 2 large
+
+    def design(self, use_embedding: bool = True) -> np.ndarray:
+        parts = [self.dense, self.user_emb, self.system_emb] if use_embedding else [self.dense]
+        return np.hstack(parts)
+
+    def subset(self, mask: np.ndarray) -> Matrix:
+        return Matrix(
+            [item for item, keep in zip(self.items, mask, strict=True) if keep],
+            self.dense[mask],
+            self.user_emb[mask],
+            self.system_emb[mask],
+            self.y[mask],
+        )
+
+
+def featurise(items: Sequence[Item], table: np.ndarray, extractor: FeatureExtractor | None = None) -> Matrix:
+    extractor = extractor or FeatureExtractor()
+    dims = table.shape[1]
+    dense, user, system = [], [], []
+    for item in items:
+        x = extractor.extract(to_chat_request(item.request))
+        dense.append(x.dense)
+        user.append(table[x.user_ids].mean(axis=0) if x.user_ids else np.zeros(dims, dtype=np.float32))
+        system.append(table[x.system_ids].mean(axis=0) if x.system_ids else np.zeros(dims, dtype=np.float32))
+    return Matrix(
+        list(items),
+        np.asarray(dense, dtype=np.float64).reshape(len(items), len(DENSE_NAMES)),
+        np.asarray(user, dtype=np.float64).reshape(len(items), dims),
+        np.asarray(system, dtype=np.float64).reshape(len(items), dims),
+        np.asarray([item.label for item in items], dtype=np.int64),
+    )
+
+
+def _logreg(c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=2000, solver="lbfgs")
+
+
+@dataclass(slots=True)
+class Fitted:
+    """A fitted ordinal model in design-matrix space (before folding into the artefact)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (2, F)
+    intercept: np.ndarray  # (2,)
+    platt: list[tuple[float, float]]
+    c: float
+
+    def scores(self, design: np.ndarray) -> np.ndarray:
+        return ((design - self.mean) / self.scale) @ self.coef.T + self.intercept
+
+    def above(self, design: np.ndarray) -> np.ndarray:
+        """(N, 2): calibrated P(label ≥ medium), P(label ≥ large)."""
+        raw = self.scores(design)
+        out = np.empty_like(raw)
+        for head, (a, b) in enumerate(self.platt):
+            out[:, head] = 1.0 / (1.0 + np.exp(-(a * raw[:, head] + b)))
+        out[:, 1] = np.minimum(out[:, 1], out[:, 0])
+        return out
+
+
+def _targets(y: np.ndarray) -> list[np.ndarray]:
+    return [(y >= 1).astype(int), (y >= 2).astype(int)]
+
+
+def _fit_heads(design: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    mean = design.mean(axis=0)
+    scale = design.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    z = (design - mean) / scale
+    coef, intercept = [], []
+    for target in _targets(y):
+        if target.min() == target.max():  # one class only (tiny subsets): a constant head
+            coef.append(np.zeros(z.shape[1]))
+            intercept.append(8.0 if target[0] else -8.0)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = _logreg(c).fit(z, target)
+        coef.append(model.coef_[0])
+        intercept.append(float(model.intercept_[0]))
+    return mean, scale, np.asarray(coef), np.asarray(intercept)
+
+
+def _folds(items: Sequence[Item]) -> np.ndarray:
+    return np.asarray([fold_of(item.id) for item in items])
+
+
+def out_of_fold_scores(design: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> np.ndarray:
+    raw = np.zeros((len(y), 2))
+    for k in np.unique(folds):
+        train = folds != k
+        mean, scale, coef, intercept = _fit_heads(design[train], y[train], c)
+        raw[~train] = ((design[~train] - mean) / scale) @ coef.T + intercept
+    return raw
+
+
+def _platt(raw: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
+    from sklearn.linear_model import LogisticRegression
+
+    params = []
+    for head, target in enumerate(_targets(y)):
+        if target.min() == target.max():
+            params.append((1.0, 0.0))
+            continue
+        model = LogisticRegression(C=PLATT_C, max_iter=1000).fit(raw[:, head : head + 1], target)
+        params.append((float(model.coef_[0, 0]), float(model.intercept_[0])))
+    return params
+
+
+def _log_loss(raw: np.ndarray, y: np.ndarray) -> float:
+    total = 0.0
+    for head, target in enumerate(_targets(y)):
+        p = np.clip(1.0 / (1.0 + np.exp(-raw[:, head])), 1e-6, 1 - 1e-6)
+        total += float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
+    return total
+
+
+def choose_c(design: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[float, dict[float, float]]:
+    losses = {c: _log_loss(out_of_fold_scores(design, y, folds, c), y) for c in C_GRID}
+    best = min(losses.values())
+    chosen = min(c for c, loss in losses.items() if loss <= best + C_TOLERANCE)
+    return chosen, losses
+
+
+def fit(design: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> Fitted:
+    """Calibrate on out-of-fold scores, then fit the heads on everything given."""
+    platt = _platt(out_of_fold_scores(design, y, folds, c), y)
+    mean, scale, coef, intercept = _fit_heads(design, y, c)
+    return Fitted(mean, scale, coef, intercept, platt, c)
+
+
+def to_artefact(
+    fitted: Fitted, table: np.ndarray, items: Sequence[Item], losses: dict[float, float]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Fold the embedding columns into per-token score tables; the rest becomes JSON."""
+    d = len(DENSE_NAMES)
+    dims = table.shape[1]
+    coef, mean, scale = fitted.coef, fitted.mean, fitted.scale
+    intercept = fitted.intercept.copy()
+    tables = {}
+    for name, start in (("user_scores", d), ("system_scores", d + dims)):
+        cols = slice(start, start + dims)
+        w = coef[:, cols] / scale[cols]  # (2, dims) in raw-embedding space
+        tables[name] = table.astype(np.float64) @ w.T  # (vocab, 2)
+        intercept -= w @ mean[cols]
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "dense_names": list(DENSE_NAMES),
+        "mean": [round(float(v), 8) for v in mean[:d]],
+        "scale": [round(float(v), 8) for v in scale[:d]],
+        "heads": [
+            {
+                "name": name,
+                "coef_dense": [round(float(v), 8) for v in coef[head, :d]],
+                "intercept": round(float(intercept[head]), 8),
+                "platt": [round(v, 8) for v in fitted.platt[head]],
+            }
+            for head, name in enumerate(HEADS)
+        ],
+        "regularisation_c": fitted.c,
+        "cv_log_loss": {str(c): round(loss, 5) for c, loss in sorted(losses.items())},
+        "embedding": {
+            "source": "wordllama",
+            "config": WORDLLAMA_CONFIG,
+            "dims": dims,
+            "wordllama_version": wordllama_version(),
+        },
+        "trained_on": {
+            "corpus_digest": corpus_digest(items),
+            "items": len(items),
+            "tiers": {t: int(sum(1 for i in items if i.tier == t)) for t in ("small", "medium", "large")},
+            "splits": ["train", "validation"],
+        },
+    }
+    return meta, tables
+
+
+def train_items(items: Sequence[Item]) -> list[Item]:
+    """The items training may read: train + validation, never test."""
+    return [item for item in items if split_of(item.id) != "test"]
+
+
+def train(items: Sequence[Item], *, dims: int = EMBED_DIMS) -> tuple[dict[str, Any], dict[str, np.ndarray], TierModel]:
+    usable = train_items(items)
+    table = load_embedding_table(dims)
+    matrix = featurise(usable, table)
+    design = matrix.design()
+    folds = _folds(usable)
+    c, losses = choose_c(design, matrix.y, folds)
+    fitted = fit(design, matrix.y, folds, c)
+    meta, arrays = to_artefact(fitted, table, usable, losses)
+    return meta, arrays, TierModel(meta, arrays)
