@@ -22,7 +22,7 @@ from app.domain import Block, ChatRequest
 from app.routing.classifier import TASK_CLASSES, Classification, classify
 from app.routing.embedding import TokenIds
 
-USER_HEAD, USER_TAIL = 1200, 400
+USER_HEAD, USER_TAIL = 800, 300
 SYSTEM_HEAD = 800
 SYSTEM_MEMO_SIZE = 256
 BYTES_PER_TOKEN = 3.5

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, get_args
 
@@ -507,6 +507,8 @@ class Router:
         )
         if adequate:
             return plan, None
+        if not ask.price_rejected:  # evaluate every verdict for the error message
+            return self._evaluate_route(req, route_name, route, principal, replace(ask, price_rejected=True))
         return plan, self._no_adequate(route_name, rejected)
 
     def _need(
@@ -632,6 +634,11 @@ class Router:
         price_rejected: bool = True,
     ) -> Candidate:
         model = self.catalog.models[name]
+        if not price_rejected and min_tier is not None and TIER_ORDER[model.tier] < TIER_ORDER[min_tier]:
+            # Below the minimum: rejected whatever else holds; plan skips the other checks and the
+            # price (explain, and the error path, evaluate it fully).
+            failure = {"tier": f"{model.tier} is below the minimum {min_tier}"}
+            return Candidate(name=name, model=model, cost=Decimal(0), failures=failure)
         caps = model.capabilities
         output_budget = req.max_tokens or policy.default_max_tokens or model.default_max_tokens
         failures: dict[str, str] = {}
