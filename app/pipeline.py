@@ -367,10 +367,14 @@ class Pipeline:
         return Outcome(200, {**self.headers(trail), **SSE_HEADERS}, stream=self._relayed(relay, trail, cache))
 
     async def _relayed(self, relay: Relay, trail: Trail, cache: CachePlan) -> AsyncIterator[bytes]:
+        chunks = relay.chunks()
         try:
-            async for chunk in relay.chunks():
+            async for chunk in chunks:
                 yield chunk
         finally:
+            # Closed here, not by the garbage collector: the relay's own ending (what the stream
+            # used, how it ended) must be settled before it is recorded.
+            await chunks.aclose()
             # Runs on every ending: done, upstream failure, deadline, shutdown, client gone.
             self.metrics.request_finished(trail.client_format)
             if relay.ending.status == 200 and not relay.ending.aborted and self.cacheable(trail, cache):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from app.bookkeeping import Ending
 from app.config import ModelConfig
@@ -63,7 +63,7 @@ class Relay:
         # Until the stream ends one way or another, it counts as the client having left.
         self.ending = Ending(status=499, usage=trail.calls.total_usage(), error_type="client_aborted", aborted=True)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         watch = self.lifecycle.open_stream()
         fmt = self.trail.client_format
         last = time.perf_counter()
@@ -98,8 +98,8 @@ class Relay:
         finally:
             watch.timeout = None
             self.lifecycle.close_stream(watch)
+            self._settle_usage()  # before any await: a second cancellation must not skip it
             await asyncio.shield(self.upstream.aclose())
-            self._settle_usage()
 
     def _encode(self, batch: list[StreamEvent]) -> tuple[list[bytes], bool]:
         """Encode one upstream read; True when the stream must end here (upstream error, overrun)."""

@@ -59,5 +59,9 @@ class EventStreamResponse(Response):
         finally:
             finished = True
             watcher.cancel()
+            # Finish the body now (its ``finally`` settles and records), not whenever it is collected.
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
         if self.background is not None:
             await self.background()  # also after a disconnect: it records what was served

@@ -358,11 +358,6 @@ async def aborted(stack: Stack) -> tuple[Team, Result]:
     return team, result
 
 
-@pytest.mark.xfail(
-    reason="open: after merging idempotent settlement with the new stream relay, the team window's settled "
-    "tokens fall short of the ledger's for aborted streams (seen 8,106 vs 17,733); to investigate",
-    strict=False,
-)
 async def test_aborted_streams_settle_their_reservations(stack: Stack, aborted: tuple[Team, Result]) -> None:
     team, result = aborted
     left = [c for c in result.calls if c.aborted]

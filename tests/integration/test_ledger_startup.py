@@ -43,7 +43,7 @@ def test_a_database_that_cannot_be_migrated_is_one_clear_line(tmp_path: Path) ->
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", "serve", "--port", "1"],
         cwd=ROOT,
-        env={**base_env(), "TOLLWAY_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/none"},
+        env={**base_env(), "TOLLWAY_SIMULATOR": "on", "TOLLWAY_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/none"},
         capture_output=True,
         text=True,
         timeout=60,

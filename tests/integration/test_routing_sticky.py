@@ -27,7 +27,7 @@ HARD = (
     "partitions heal at the same time. Walk through which safety invariant is violated and design a fix that "
     "keeps linearizable reads without a read quorum."
 )
-FOLLOW_UP = "Thanks! What does the acronym RPC stand for?"
+FOLLOW_UP = "Thanks. Is 17 a prime number? Answer yes or no."
 
 
 @pytest.fixture(scope="module")
