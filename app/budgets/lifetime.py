@@ -74,12 +74,17 @@ class LifetimeBudgetExceeded(Exception):
         return self.used + self.requested <= self.limit
 
     def message(self) -> str:
+        if self.requested > self.limit:
+            return (
+                f"browser token budget too small: this request needs up to {self.requested:,} tokens, "
+                f"the token's whole budget is {self.limit:,}. Lower max_tokens or mint a larger budget."
+            )
         text = f"browser token budget exhausted: {self.used:,} of {self.limit:,} tokens used"
         if self.reserved:
             text += f" ({self.reserved:,} more reserved by requests in flight)"
         text += f"; this request needs up to {self.requested:,} tokens."
         if not self.blocked_by_in_flight:
-            text += " Ask your backend for a new browser token (or lower max_tokens)."
+            text += " Ask your backend for a new browser token."
         return text
 
 
