@@ -1,4 +1,8 @@
-"""Key → ``Principal`` on the hot path, cached in process.
+"""Key (or browser token) → ``Principal`` on the hot path, cached in process.
+
+A browser token (``twb_…``, docs/browser.md) resolves to its team's principal with the minting key's
+id and limits and a ``BrowserGrant`` (end user, origins, models, budget, expiry); it is refused with a
+message saying why when it, or the key that minted it, is revoked or expired.
 
 Every request presents a key; looking it up in the database each time would put the database on the
 request path. Instead each process caches the answer (hits *and* misses, so a flood of bad keys does
