@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
+from app.budgets.lifetime import LifetimeBudget
 from app.budgets.limiter import Limiter
 from app.config import Settings
 from app.context import Trail
@@ -38,9 +39,17 @@ class Ending:
 
 
 class Bookkeeper:
-    def __init__(self, settings: Settings, limiter: Limiter, recorder: Recorder, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        limiter: Limiter,
+        recorder: Recorder,
+        metrics: Metrics,
+        lifetime_budget: LifetimeBudget | None = None,
+    ) -> None:
         self.settings = settings
         self.limiter = limiter
+        self.lifetime_budget = lifetime_budget
         self.recorder = recorder
         self.metrics = metrics
 
@@ -51,6 +60,8 @@ class Bookkeeper:
                 await self.limiter.settle(trail.admission, tokens=ending.usage.total_tokens, usd=cost)
             except Exception:  # the limiter reconciles later; the row below must still be written
                 log.exception("budget settlement failed for %s", trail.request_id)
+        if trail.budget_hold is not None and self.lifetime_budget is not None:
+            await self.lifetime_budget.settle(trail.budget_hold, tokens=ending.usage.total_tokens)  # never raises
         event = self._event(trail, ending, cost, uncached)
         principal = trail.principal
         if ending.record and principal is not None:

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.origins import parse_origin_list
+
 Tier = Literal["small", "medium", "large"]
 TIER_ORDER: dict[str, int] = {"small": 0, "medium": 1, "large": 2}
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
@@ -245,6 +247,9 @@ class Settings(BaseSettings):
     # How long shutdown waits for in-flight streams before ending them with an error event.
     shutdown_grace_s: float = 10.0
     key_cache_ttl_s: float = 2.0
+    # Browser access: comma-separated exact origins (https://app.example.com) allowed to call the
+    # API cross-origin. Empty (the default): CORS stays closed, browsers on other origins are refused.
+    cors_origins: str = ""
     # Budgets
     budget_mode: Literal["strict", "estimate"] = "strict"
     budget_redis_failure: Literal["closed", "open"] = "closed"
@@ -275,6 +280,15 @@ class Settings(BaseSettings):
     retry_max_delay_s: float = 5.0
     cooldown_failures: int = 3
     cooldown_s: float = 30.0
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        return ",".join(parse_origin_list(v))
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return tuple(o for o in self.cors_origins.split(",") if o)
 
     @field_validator("max_body_bytes")
     @classmethod

@@ -18,6 +18,7 @@ from app.domain import ChatRequest, ClientFormat, Usage
 
 if TYPE_CHECKING:
     from app.auth.principal import Principal
+    from app.budgets.lifetime import Hold
     from app.budgets.limiter import Admission
     from app.routing.router import Plan
 
@@ -88,6 +89,7 @@ class Trail:
     chat: ChatRequest | None = None
     plan: Plan | None = None
     admission: Admission | None = None
+    budget_hold: Hold | None = None  # a browser token's own budget (app/budgets/lifetime.py)
     calls: CallLog = field(default_factory=CallLog)
     cache_hit: bool = False
     usage_flag: str | None = None  # e.g. "over_reservation": the provider billed past the reserved output
@@ -96,3 +98,4 @@ class Trail:
     @property
     def requested_model(self) -> str:
         return self.chat.model if self.chat else ""
+

@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app import __version__
 from app.api import chat, health, models, routing
+from app.api.cors import cors_middleware_options
 from app.api.errors import error_response
 from app.api.request_id import RequestIdMiddleware
 from app.config import Catalog, Settings, load_catalog, load_settings
@@ -71,7 +73,9 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         openapi_url=None,
     )
 
-    app.add_middleware(RequestIdMiddleware)
+    if settings.cors_origin_list:  # closed by default: no CORS headers, preflights refused
+        app.add_middleware(CORSMiddleware, **cors_middleware_options(settings.cors_origin_list))  # type: ignore[arg-type]
+    app.add_middleware(RequestIdMiddleware)  # outermost: preflight answers carry an id too
 
     # Chat endpoints are plain Starlette routes: no per-request dependency solving on the hot path.
     for path in ("/v1/messages", "/v1/v1/messages"):
@@ -87,13 +91,14 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.router.add_route("/healthz", health.healthz, methods=["GET"])
     app.router.add_route("/readyz", health.readyz, methods=["GET"])
 
-    from app.api import admin, admin_health, me
+    from app.api import admin, admin_health, browser_tokens, me
     from app.api import metrics as metrics_api
     from app.dashboard import routes as dashboard
 
     app.include_router(admin.router)
     app.include_router(admin_health.router)
     app.include_router(me.router)
+    app.include_router(browser_tokens.router)
     app.include_router(metrics_api.router)
     app.include_router(dashboard.router)
 

@@ -143,6 +143,49 @@ def _errors(schema: dict[str, Any], *statuses: int) -> dict[str, Any]:
     return {str(s): {"description": names[s], "content": _json(schema)} for s in statuses}
 
 
+_BROWSER_TOKEN_REQUEST = {
+    "type": "object",
+    "required": ["end_user", "allowed_origins", "max_tokens_budget"],
+    "additionalProperties": False,
+    "properties": {
+        "end_user": {"type": "string", "minLength": 1, "maxLength": 256, "description": "Your id for the end user"},
+        "allowed_origins": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 20,
+            "items": {"type": "string", "description": "scheme://host[:port], one of TOLLWAY_CORS_ORIGINS"},
+        },
+        "allowed_models": {
+            "type": ["array", "null"],
+            "minItems": 1,
+            "maxItems": 100,
+            "items": {"type": "string"},
+            "description": "Model names, aliases or routes; absent: whatever the team may use",
+        },
+        "ttl_s": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 900},
+        "max_tokens_budget": {"type": "integer", "minimum": 1, "description": "Tokens over the token's life"},
+    },
+}
+_BROWSER_TOKEN = {
+    "type": "object",
+    "properties": {
+        "object": {"const": "browser_token"},
+        "id": {"type": "string"},
+        "token": {"type": "string", "description": "twb_…; only in the answer to POST"},
+        "prefix": {"type": "string"},
+        "team_id": {"type": "string"},
+        "key_id": {"type": "string"},
+        "end_user": {"type": "string"},
+        "allowed_origins": {"type": "array", "items": {"type": "string"}},
+        "allowed_models": {"type": ["array", "null"], "items": {"type": "string"}},
+        "max_tokens_budget": {"type": "integer"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "expires_in": {"type": "integer", "description": "Seconds; only in the answer to POST"},
+        "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+        "created_at": {"type": "string", "format": "date-time"},
+    },
+}
+
 _CHAT_ERRORS = (400, 401, 403, 404, 413, 429, 500, 502, 503, 504)
 
 CORE_PATHS: dict[str, Any] = {
@@ -246,6 +289,31 @@ CORE_PATHS: dict[str, Any] = {
                     "content": _json({"type": "object"}),
                 },
                 **_errors(_ERROR_OPENAI, 400, 401, 403, 404),
+            },
+        }
+    },
+    "/v1/browser-tokens": {
+        "post": {
+            "summary": "Mint a short-lived browser token (authenticated with a team key; docs/browser.md)",
+            "operationId": "createBrowserToken",
+            "requestBody": {"required": True, "content": _json(_BROWSER_TOKEN_REQUEST)},
+            "responses": {
+                "201": {
+                    "description": "The token (shown once) and its terms",
+                    "content": _json(_BROWSER_TOKEN),
+                },
+                **_errors(_ERROR_OPENAI, 400, 401, 403, 413, 503),
+            },
+        }
+    },
+    "/v1/browser-tokens/{token_id}": {
+        "delete": {
+            "summary": "Revoke a browser token (its team's key or the admin key)",
+            "operationId": "revokeBrowserToken",
+            "parameters": [{"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "The revoked token's record", "content": _json(_BROWSER_TOKEN)},
+                **_errors(_ERROR_OPENAI, 401, 403, 404, 503),
             },
         }
     },

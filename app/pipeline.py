@@ -20,11 +20,13 @@ from typing import Any
 
 import orjson
 
-from app.auth.keystore import KeyStore, KeyStoreUnavailable
+from app.auth.browser import check_model, check_origin
+from app.auth.keystore import CredentialRejected, KeyStore, KeyStoreUnavailable
 from app.auth.principal import Principal
 from app.bookkeeping import Bookkeeper, Ending
 from app.budgets.errors import as_gateway_error
 from app.budgets.estimate import InvalidBudgetRequest, worst_case_parts
+from app.budgets.lifetime import Hold, LifetimeBudget, LifetimeBudgetExceeded
 from app.budgets.limiter import Admission, BudgetBackendUnavailable, BudgetExceeded, Limiter
 from app.budgets.shares import BudgetShares
 from app.caching.prompt_cache import PROMPT_CACHE_HEADER, apply_breakpoints, prompt_cache_enabled
@@ -78,6 +80,7 @@ class Pipeline:
         keys: KeyStore,
         router: Router,
         limiter: Limiter,
+        lifetime_budget: LifetimeBudget,
         budget_shares: BudgetShares,
         response_cache: ResponseCache,
         dispatcher: Dispatcher,
@@ -92,6 +95,7 @@ class Pipeline:
         self.keys = keys
         self.router = router
         self.limiter = limiter
+        self.lifetime_budget = lifetime_budget
         self.budget_shares = budget_shares
         self.response_cache = response_cache
         self.dispatcher = dispatcher
@@ -112,11 +116,13 @@ class Pipeline:
             with span("tollway.authenticate"):
                 trail.principal = await self.authenticate(inbound.headers)  # 1. who is calling
             trail.chat = chat = parse(codec, inbound)  # canonical form, once
-            trail.end_user = end_user_of(chat)
+            # A browser token's end user, else the client's own user id.
+            trail.end_user = trail.principal.end_user or end_user_of(chat)
             with span("tollway.route"):
                 sticky = await self.sticky_model(chat, trail.principal)  # a conversation keeps its model
                 trail.plan = plan = self.route(chat, trail.principal, inbound.headers, sticky)  # 2. which model
             with span("tollway.admit"):
+                trail.budget_hold = await self.hold_browser_budget(chat, plan, trail.principal, trail.request_id)
                 trail.admission = await self.admit(chat, plan, trail.principal, trail.request_id)  # 3. budget
             cache = await self.look_up_cache(chat, plan, trail.principal, inbound.headers)  # 4. caching
             if cache.hit is not None:
@@ -155,11 +161,13 @@ class Pipeline:
         if not secret:
             raise GatewayError("authentication", "missing API key: send it as 'x-api-key' or 'Authorization: Bearer'")
         try:
-            principal = await self.keys.lookup(secret)
+            principal = await self.keys.identify(secret)
+        except CredentialRejected as exc:
+            raise GatewayError("authentication", str(exc)) from exc
         except KeyStoreUnavailable as exc:
             raise GatewayError("unavailable", "key lookup is temporarily unavailable; retry shortly") from exc
-        if principal is None:
-            raise GatewayError("authentication", "invalid API key")
+        if principal.browser is not None:
+            check_origin(principal.browser, headers.get("origin"))
         await self.keys.touch_last_used(principal.key_id)
         return principal
 
@@ -174,6 +182,8 @@ class Pipeline:
     def route(
         self, chat: ChatRequest, principal: Principal, headers: Mapping[str, str], sticky: str | None = None
     ) -> Plan:
+        if principal.browser is not None:
+            check_model(principal.browser, chat.model, self.catalog)
         try:
             return self.router.plan(
                 chat,
@@ -216,6 +226,31 @@ class Pipeline:
         if principal.policy.downgrade_at_budget_share is not None:
             self.budget_shares.note(principal.team_id, admission.token_budget_share_used())
         return admission
+
+    async def hold_browser_budget(
+        self, chat: ChatRequest, plan: Plan, principal: Principal, request_id: str
+    ) -> Hold | None:
+        """A browser token's own budget: reserve the same worst case the team budgets will."""
+        grant = principal.browser
+        if grant is None:
+            return None
+        model = plan.candidates[0].model
+        try:
+            tokens = worst_case_parts(with_output_cap(chat, model, principal), model, principal, self.settings).tokens
+            return await self.lifetime_budget.reserve(
+                team_id=principal.team_id,
+                budget_id=grant.token_id,
+                limit=grant.token_budget,
+                tokens=tokens,
+                request_id=request_id,
+                lives_until=grant.expires_at.timestamp(),
+            )
+        except InvalidBudgetRequest as err:
+            raise invalid(str(err), "max_tokens") from err
+        except LifetimeBudgetExceeded as err:
+            raise browser_budget_exceeded(err) from err
+        except BudgetBackendUnavailable as err:
+            raise as_gateway_error(err) from err
 
     # ---- 4. response cache -------------------------------------------------------------------------
 
@@ -296,8 +331,12 @@ class Pipeline:
             parts = worst_case_parts(req, model, principal, self.settings)
             try:
                 trail.admission = await self.limiter.readmit(trail.admission, **parts.admit_kwargs())  # type: ignore[arg-type]
+                if trail.budget_hold is not None:
+                    trail.budget_hold = await self.lifetime_budget.resize(trail.budget_hold, tokens=parts.tokens)
             except (BudgetExceeded, BudgetBackendUnavailable) as err:
                 raise as_gateway_error(err) from err
+            except LifetimeBudgetExceeded as err:
+                raise browser_budget_exceeded(err) from err
         cap = trail.admission.output_cap
         if cap is not None and req.max_tokens is not None and cap < req.max_tokens:
             # The team's policy lets the request run with its output capped to what the budget has left.
@@ -429,6 +468,8 @@ class Pipeline:
             headers["x-tollway-simulated"] = "true"  # never mistaken for a real model's answer
         if with_budget and trail.admission is not None:
             headers.update(trail.admission.headers_for(trail.client_format))
+        if with_budget and trail.budget_hold is not None:
+            headers.update(trail.budget_hold.headers())
         return headers
 
     def cacheable(self, trail: Trail, cache: CachePlan) -> bool:
@@ -467,6 +508,15 @@ def bearer_or_api_key(headers: Mapping[str, str]) -> str | None:
 def route_error(err: RouteError) -> GatewayError:
     headers = {"retry-after": retry_after_value(err.retry_after_s)} if err.retry_after_s else {}
     return GatewayError(err.kind, err.message, status=err.status, headers=headers)  # type: ignore[arg-type]
+
+
+def browser_budget_exceeded(err: LifetimeBudgetExceeded) -> GatewayError:
+    """429 for a browser token's own budget: retrying helps only when requests in flight hold it."""
+    retry = err.blocked_by_in_flight
+    headers = {"x-should-retry": "true" if retry else "false"}
+    if retry:
+        headers["retry-after"] = "1"
+    return GatewayError("rate_limit", err.message(), code="browser_token_budget_exhausted", headers=headers)
 
 
 def with_output_cap(req: ChatRequest, model: ModelConfig, principal: Principal) -> ChatRequest:

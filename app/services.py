@@ -20,6 +20,7 @@ from app.auth.keystore import KeyStore
 from app.auth.principal import Principal
 from app.auth.throttle import FailedAuthThrottle
 from app.bookkeeping import Bookkeeper
+from app.budgets.lifetime import LifetimeBudget, create_lifetime_budget
 from app.budgets.limiter import Limiter, create_limiter
 from app.budgets.redis_store import connect_budget_redis
 from app.budgets.shares import BudgetShares
@@ -36,6 +37,7 @@ from app.providers.registry import ProviderRegistry
 from app.routing.health import DeploymentHealth
 from app.routing.router import Router
 from app.routing.sticky import StickyConversations
+from app.teams.browser_tokens import BrowserTokenStore
 from app.teams.store import TeamStore
 
 log = logging.getLogger("tollway")
@@ -49,8 +51,10 @@ class Services:
     engine: AsyncEngine
     teams: TeamStore
     keys: KeyStore
+    browser_tokens: BrowserTokenStore
     recorder: Recorder
     limiter: Limiter
+    lifetime_budget: LifetimeBudget
     health: DeploymentHealth
     router: Router
     response_cache: ResponseCache
@@ -114,10 +118,13 @@ def build_pipeline(services: Services) -> Pipeline:
         keys=services.keys,
         router=services.router,
         limiter=services.limiter,
+        lifetime_budget=services.lifetime_budget,
         budget_shares=services.budget_shares,
         response_cache=services.response_cache,
         dispatcher=Dispatcher(services.settings, services.providers, services.health, services.metrics),
-        bookkeeper=Bookkeeper(services.settings, services.limiter, services.recorder, services.metrics),
+        bookkeeper=Bookkeeper(
+            services.settings, services.limiter, services.recorder, services.metrics, services.lifetime_budget
+        ),
         metrics=services.metrics,
         lifecycle=services.lifecycle,
         sticky=services.sticky,
@@ -154,8 +161,10 @@ async def build_services(settings: Settings, catalog: Catalog) -> Services:
         engine=engine,
         teams=teams,
         keys=KeyStore(engine, ttl_s=settings.key_cache_ttl_s),
+        browser_tokens=BrowserTokenStore(engine),
         recorder=recorder,
         limiter=create_limiter(settings, redis),
+        lifetime_budget=create_lifetime_budget(settings, redis),
         health=health,
         router=Router(catalog, health),
         sticky=StickyConversations(redis),

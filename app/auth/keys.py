@@ -20,6 +20,9 @@ from dataclasses import dataclass
 KEY_SCHEME = "tw-"
 PREFIX_RANDOM_CHARS = 8
 PREFIX_LENGTH = len(KEY_SCHEME) + PREFIX_RANDOM_CHARS
+# Short-lived tokens a backend mints for a browser (app/api/browser_tokens.py).
+BROWSER_TOKEN_SCHEME = "twb_"
+BROWSER_PREFIX_LENGTH = len(BROWSER_TOKEN_SCHEME) + PREFIX_RANDOM_CHARS
 SECRET_BYTES = 32
 # token_urlsafe(32) is 43 characters; anything much longer than a key is not one of ours.
 MAX_KEY_LENGTH = 256
@@ -37,6 +40,17 @@ def generate_key() -> NewKey:
     visible = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(PREFIX_RANDOM_CHARS))
     secret = f"{KEY_SCHEME}{visible}{secrets.token_urlsafe(SECRET_BYTES)}"
     return NewKey(secret=secret, prefix=key_prefix(secret), secret_hash=hash_key(secret))
+
+
+def generate_browser_token() -> NewKey:
+    """A browser token: ``twb_`` + 8 visible + 43 secret characters, hashed like a key (docs/browser.md)."""
+    visible = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(PREFIX_RANDOM_CHARS))
+    secret = f"{BROWSER_TOKEN_SCHEME}{visible}{secrets.token_urlsafe(SECRET_BYTES)}"
+    return NewKey(secret=secret, prefix=secret[:BROWSER_PREFIX_LENGTH], secret_hash=hash_key(secret))
+
+
+def is_browser_token(secret: str) -> bool:
+    return secret.startswith(BROWSER_TOKEN_SCHEME)
 
 
 def hash_key(secret: str) -> str:

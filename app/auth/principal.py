@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 
@@ -52,6 +53,20 @@ class TeamPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class BrowserGrant:
+    """What a browser token (``twb_…``) allows, on top of its team's policy and its minting key's
+    limits: one end user, from these origins, these models or routes (None: the team's), until
+    ``expires_at``, within a token budget of its own."""
+
+    token_id: str
+    end_user: str
+    allowed_origins: frozenset[str]
+    allowed_models: frozenset[str] | None
+    token_budget: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     team_id: str
     team_name: str
@@ -60,3 +75,9 @@ class Principal:
     policy: TeamPolicy = field(default_factory=TeamPolicy)
     team_limits: Limits = field(default_factory=Limits)
     key_limits: Limits = field(default_factory=Limits)
+    # Set when the caller presented a browser token: key_id/key_limits are then the minting key's.
+    browser: BrowserGrant | None = None
+
+    @property
+    def end_user(self) -> str | None:
+        return self.browser.end_user if self.browser is not None else None

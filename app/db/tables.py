@@ -137,6 +137,25 @@ api_keys = Table(
     Column("created_at", UTCDateTime(), nullable=False),
 )
 
+# Short-lived tokens minted for browsers (docs/browser.md); the secret is stored as its SHA-256 only.
+browser_tokens = Table(
+    "browser_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("team_id", String(36), ForeignKey("teams.id", ondelete="CASCADE"), nullable=False, index=True),
+    # The key that minted it: its limits apply too, and revoking it ends the token.
+    Column("key_id", String(36), ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("prefix", String(16), nullable=False),  # "twb_" + 8 characters
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("end_user", String(256), nullable=False),
+    Column("allowed_origins", json_type(), nullable=False),  # list of normalised origins
+    Column("allowed_models", json_type(), nullable=True),  # list of model or route names; null: the team's
+    Column("token_budget", BigInteger, nullable=False),  # tokens, over the token's whole life
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
 # One row per request. On PostgreSQL the table is partitioned by month on created_at, so the
 # primary key has to include it: (request_id, created_at). A replay carries the created_at the
 # event was made with, so it hits the same row and ON CONFLICT DO NOTHING skips it. SQLite is not
