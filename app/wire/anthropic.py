@@ -71,6 +71,48 @@ def _number_field(body: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
+def _messages(raw: Any) -> list[Message]:
+    if not isinstance(raw, list):
+        raise invalid("messages: field required (an array of messages)", "messages")
+    messages: list[Message] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise invalid(f"messages.{i}: must be an object", "messages")
+        role = m.get("role")
+        if role not in _ROLES:
+            raise invalid(f"messages.{i}.role: must be 'user', 'assistant' or 'system'", "messages")
+        messages.append(Message(role=role, content=_content_blocks(m.get("content"), f"messages.{i}.content")))
+    return messages
+
+
+def _tools(raw: Any) -> list[Tool]:
+    if not isinstance(raw, list):
+        raise invalid("tools: must be an array", "tools")
+    tools: list[Tool] = []
+    for i, t in enumerate(raw):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise invalid(f"tools.{i}: each tool needs a string 'name'", "tools")
+        schema = t.get("input_schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise invalid(f"tools.{i}.input_schema: must be a JSON Schema object", "tools")
+        extra = {k: v for k, v in t.items() if k not in ("name", "description", "input_schema")}
+        tools.append(Tool(name=t["name"], description=t.get("description"), input_schema=schema or {}, extra=extra))
+    return tools
+
+
+def _output_format(output_config: Any, extra: dict[str, Any]) -> ResponseFormat | None:
+    """``output_config.format`` as a canonical response format; what Tollway does not understand
+    passes through (into ``extra``) like any unknown field."""
+    if not isinstance(output_config, dict):
+        return None
+    fmt = output_config.get("format")
+    understood = isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+    rest = {k: v for k, v in output_config.items() if k != "format" or not understood}
+    if rest:
+        extra["output_config"] = rest
+    return ResponseFormat(type="json_schema", schema=fmt.get("schema")) if understood else None  # type: ignore[union-attr]
+
+
 def parse_request(body: Any, *, anthropic_version: str | None, anthropic_beta: str | None) -> ChatRequest:
     if not isinstance(body, dict):
         raise invalid("request body must be a JSON object")
@@ -80,20 +122,7 @@ def parse_request(body: Any, *, anthropic_version: str | None, anthropic_beta: s
     if body.get("max_tokens") is None:
         raise invalid("max_tokens: field required", "max_tokens")
     max_tokens = _int_field(body, "max_tokens", minimum=1)
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list):
-        raise invalid("messages: field required (an array of messages)", "messages")
-    messages: list[Message] = []
-    for i, m in enumerate(raw_messages):
-        if not isinstance(m, dict):
-            raise invalid(f"messages.{i}: must be an object", "messages")
-        role = m.get("role")
-        if role not in _ROLES:
-            raise invalid(f"messages.{i}.role: must be 'user', 'assistant' or 'system'", "messages")
-        messages.append(
-            Message(role=role, content=_content_blocks(m.get("content"), f"messages.{i}.content"))
-        )
-
+    messages = _messages(body.get("messages"))
     system_raw = body.get("system")
     system = [] if system_raw is None else _content_blocks(system_raw, "system")
 
@@ -101,37 +130,13 @@ def parse_request(body: Any, *, anthropic_version: str | None, anthropic_beta: s
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise invalid("stop_sequences: must be an array of strings", "stop_sequences")
 
-    tools: list[Tool] = []
-    raw_tools = body.get("tools") or []
-    if not isinstance(raw_tools, list):
-        raise invalid("tools: must be an array", "tools")
-    for i, t in enumerate(raw_tools):
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
-            raise invalid(f"tools.{i}: each tool needs a string 'name'", "tools")
-        schema = t.get("input_schema")
-        if schema is not None and not isinstance(schema, dict):
-            raise invalid(f"tools.{i}.input_schema: must be a JSON Schema object", "tools")
-        extra = {k: v for k, v in t.items() if k not in ("name", "description", "input_schema")}
-        tools.append(
-            Tool(name=t["name"], description=t.get("description"), input_schema=schema or {}, extra=extra)
-        )
-
+    tools = _tools(body.get("tools") or [])
     tool_choice = body.get("tool_choice")
     if tool_choice is not None and (not isinstance(tool_choice, dict) or "type" not in tool_choice):
         raise invalid("tool_choice: must be an object with a 'type'", "tool_choice")
 
-    response_format: ResponseFormat | None = None
     extra = {k: v for k, v in body.items() if k not in _KNOWN_FIELDS}
-    output_config = body.get("output_config")
-    if isinstance(output_config, dict):
-        fmt = output_config.get("format")
-        understood = isinstance(fmt, dict) and fmt.get("type") == "json_schema"
-        if isinstance(fmt, dict) and understood:
-            response_format = ResponseFormat(type="json_schema", schema=fmt.get("schema"))
-        # A format Tollway does not understand passes through like any unknown field.
-        rest = {k: v for k, v in output_config.items() if k != "format" or not understood}
-        if rest:
-            extra["output_config"] = rest
+    response_format = _output_format(body.get("output_config"), extra)
 
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
