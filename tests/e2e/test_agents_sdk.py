@@ -9,15 +9,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from agents import Agent, Runner, function_tool, set_default_openai_client, set_tracing_disabled
 from openai import AsyncOpenAI
 
 from tests.e2e.helpers import clear_sim, upstream_requests
 from tests.gateway import Gateway
-
-# openai-agents is not in requirements/dev.lock yet (the lock was not recompiled in time): skip without it.
-agents = pytest.importorskip("agents")
-Agent, Runner, function_tool = agents.Agent, agents.Runner, agents.function_tool
-set_default_openai_client, set_tracing_disabled = agents.set_default_openai_client, agents.set_tracing_disabled
 
 MODELS = ["claude-haiku-5-5", "gpt-5-mini"]
 
