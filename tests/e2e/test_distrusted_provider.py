@@ -1,0 +1,165 @@
+"""A provider that answers 200 with valid JSON of the wrong shape, through the whole gateway: the
+client gets a well-formed 502 in its own format, the budget reservation is settled (nothing stays
+reserved), and the ledger has a row with the error type. Nothing is billed at 0 as if it had worked."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from app.config import Catalog, load_catalog
+from tests.gateway import Gateway, run_gateway
+
+# Valid JSON, wrong types or values: each must be refused, never trusted.
+MALFORMED: dict[str, Any] = {
+    "content-is-a-number": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": 5,
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 2},
+    },
+    "text-is-a-number": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [{"type": "text", "text": 5}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 2},
+    },
+    "tokens-are-words": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": "ten", "output_tokens": 2},
+    },
+    "tokens-are-huge": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 10**30, "output_tokens": 2},
+    },
+    "negative-tokens": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": -500},
+    },
+    "empty-object": {},
+    "error-envelope-in-a-200": {"type": "error", "error": {"type": "overloaded_error", "message": "x"}},
+}
+
+
+class Hostile(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        # Which wrong shape to send: the request's last user message names it.
+        content = request["messages"][-1]["content"]
+        shape = content if isinstance(content, str) else content[0]["text"]
+        body = json.dumps(MALFORMED[shape]).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def hostile_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def catalog_with_hostile_anthropic(url: str) -> Catalog:
+    catalog = load_catalog(None)
+    providers = dict(catalog.providers)
+    providers["anthropic"] = providers["anthropic"].model_copy(
+        update={"base_url": url, "api_key": "not-a-real-key", "api_key_env": None}
+    )
+    return catalog.model_copy(update={"providers": providers})
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, hostile_url: str) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("distrust")
+    catalog = catalog_with_hostile_anthropic(hostile_url)
+    with run_gateway(tmp, catalog=catalog, simulator="on", retry_attempts=0, cooldown_failures=1_000_000) as gw:
+        admin = gw.admin()
+        team = admin.post("/admin/teams", json={"name": "metered", "limits": {"tokens_per_day": 1_000_000}})
+        assert team.status_code == 201, team.text
+        key = admin.post("/admin/teams/metered/keys", json={"name": "k"})
+        assert key.status_code == 201, key.text
+        gw.metered_key = key.json()["key"]  # type: ignore[attr-defined]
+        gw.db_path = tmp / "tollway.db"  # type: ignore[attr-defined]
+        yield gw
+
+
+def ledger_row(gw: Gateway, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with sqlite3.connect(gw.db_path) as conn:  # type: ignore[attr-defined]
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT * FROM usage_events WHERE request_id = ?", (request_id,)).fetchone()
+        if row is not None:
+            return dict(row)
+        time.sleep(0.05)
+    raise AssertionError(f"no ledger row for {request_id}")
+
+
+@pytest.mark.parametrize("shape", sorted(MALFORMED))
+@pytest.mark.parametrize("api", ["anthropic", "openai"])
+def test_a_wrongly_shaped_reply_is_a_502_settled_and_recorded(gateway: Gateway, shape: str, api: str) -> None:
+    key = gateway.metered_key  # type: ignore[attr-defined]
+    message = [{"role": "user", "content": shape}]
+    if api == "anthropic":
+        response = httpx.post(
+            f"{gateway.url}/v1/messages",
+            headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+            json={"model": "claude-haiku-5-5", "max_tokens": 50, "messages": message},
+            timeout=30,
+        )
+    else:
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "claude-haiku-5-5", "max_tokens": 50, "messages": message},
+            timeout=30,
+        )
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["message"] and "malformed" in error["message"]
+    assert json.dumps(MALFORMED[shape]) not in response.text  # the upstream body is never echoed
+
+    row = ledger_row(gateway, response.headers["request-id"])
+    assert row["status"] == 502 and row["error_type"] == "api_error"
+    assert row["output_tokens"] >= 0 and row["cost_usd"] is not None and float(row["cost_usd"]) >= 0
+
+    me = httpx.get(f"{gateway.url}/v1/me", headers={"authorization": f"Bearer {key}"}, timeout=10).json()
+    windows = json.dumps(me)
+    assert '"reserved": 0' in windows or '"reserved": "0"' in windows, windows
