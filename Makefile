@@ -45,11 +45,13 @@ bench-smoke: install
 
 # Recompile the hash-pinned locks (no index URLs are written into them): runtime.lock installs the
 # Docker image, dev.lock (runtime + dev tools) the development venv and CI.
+# The runtime lock is compiled under the dev lock's versions, so the image runs what the tests ran.
 lock:
 	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
-	  --strip-extras -o requirements/runtime.lock pyproject.toml
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
 	  --extra dev --strip-extras -o requirements/dev.lock pyproject.toml
+	sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\) \\$$/\1/p' requirements/dev.lock > $(VENV)/dev-pins.txt
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --strip-extras -c $(VENV)/dev-pins.txt -o requirements/runtime.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tollway.db var

@@ -357,3 +357,13 @@ def test_locks_pin_every_requirement_by_hash_and_name_no_index() -> None:
     runtime = (REPO / "requirements" / "runtime.lock").read_text().lower()
     for dev_only in ("httpx==", "pytest==", "mypy==", "hypothesis==", "scikit-learn=="):
         assert dev_only not in runtime, f"{dev_only[:-2]} is a development tool, not a runtime dependency"
+
+
+def test_the_image_runs_the_versions_the_tests_ran() -> None:
+    def pins(name: str) -> dict[str, str]:
+        text = (REPO / "requirements" / name).read_text()
+        return dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+) \\$", text, flags=re.M))
+
+    runtime, dev = pins("runtime.lock"), pins("dev.lock")
+    differ = {name: (version, dev.get(name)) for name, version in runtime.items() if dev.get(name) != version}
+    assert not differ, f"runtime.lock pins versions the dev lock (and so the tests) do not: {differ}"
