@@ -503,6 +503,24 @@ class Metrics:
         self.ledger_queue_depth.set(queue_depth)
         self.ledger_spool_events.set(spool_size)
 
+    def escalation_counts(self) -> dict[str, Any]:
+        """Escalations counted since the process (or, in multiprocess mode, the server) started:
+        the total and each (from, to) pair. Reads the workers' files in multiprocess mode: call it
+        off the event loop."""
+        counts: dict[tuple[str, str], int] = {}
+        for family in self._exposition.collect():
+            if family.name != "tollway_escalations":
+                continue
+            for sample in family.samples:
+                if sample.name == "tollway_escalations_total":
+                    pair = (sample.labels["from_model"], sample.labels["to_model"])
+                    counts[pair] = counts.get(pair, 0) + int(sample.value)
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return {
+            "total": sum(counts.values()),
+            "pairs": [{"from": f, "to": t, "count": n} for (f, t), n in ranked],
+        }
+
     # ---- exposition ----------------------------------------------------------------------------------
 
     @property
