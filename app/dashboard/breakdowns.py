@@ -13,6 +13,7 @@ reason (refused before routing: a bad key, a budget, a malformed body).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from sqlalchemy import case, func, literal, or_, select
@@ -23,6 +24,7 @@ from app.db.tables import usage_events
 from app.observability.route_reason import route_reason_key
 
 TOP_REASONS = 10
+MS = Decimal("0.001")  # latency sums and means are kept to the microsecond
 LATENCY_SERIES_LIMIT = 8
 NOT_SERVED = "(not served)"
 UNKNOWN_TIER = "(not in catalogue)"
@@ -128,27 +130,34 @@ def routing_json(
     }
 
 
+def _ms(value: Any) -> Decimal:
+    # A float sum's last bits depend on the order the database added the rows in; rounded to the
+    # microsecond, PostgreSQL and SQLite agree, and so do the means computed from it.
+    return Decimal(repr(float(value or 0))).quantize(MS)
+
+
+def _mean(total: Decimal, n: Decimal) -> float | None:
+    return float((total / n).quantize(MS, rounding=ROUND_HALF_EVEN)) if n else None
+
+
 def latency_json(window: Window, rows: list[Any]) -> dict[str, Any]:
     """Mean latency and mean TTFT per bucket for the busiest models (None where a bucket is empty),
     and each model's overall means over the range."""
     index = {b: i for i, b in enumerate(window.buckets)}
     size = len(window.buckets)
-    per_model: dict[str, dict[str, list[float]]] = {}
+    per_model: dict[str, dict[str, list[Decimal]]] = {}
     for row in rows:
         if row.bucket not in index:
             continue
         sums = per_model.setdefault(
-            row.served_model, {k: [0.0] * size for k in ("n", "latency", "ttft_n", "ttft")}
+            row.served_model, {k: [Decimal(0)] * size for k in ("n", "latency", "ttft_n", "ttft")}
         )
         i = index[row.bucket]
         sums["n"][i] += int(row.requests)
-        sums["latency"][i] += float(row.latency_ms_sum or 0)
+        sums["latency"][i] += _ms(row.latency_ms_sum)
         sums["ttft_n"][i] += int(row.ttft_count)
-        sums["ttft"][i] += float(row.ttft_ms_sum or 0)
+        sums["ttft"][i] += _ms(row.ttft_ms_sum)
     busiest = sorted(per_model, key=lambda m: (-sum(per_model[m]["n"]), m))[:LATENCY_SERIES_LIMIT]
-
-    def mean(total: float, n: float) -> float | None:
-        return round(total / n, 3) if n else None
 
     models = []
     for model in busiest:
@@ -156,12 +165,12 @@ def latency_json(window: Window, rows: list[Any]) -> dict[str, Any]:
         models.append(
             {
                 "model": model,
-                "requests": int(sum(s["n"])),
-                "streams": int(sum(s["ttft_n"])),
-                "latency_ms": [mean(s["latency"][i], s["n"][i]) for i in range(size)],
-                "ttft_ms": [mean(s["ttft"][i], s["ttft_n"][i]) for i in range(size)],
-                "mean_latency_ms": mean(sum(s["latency"]), sum(s["n"])),
-                "mean_ttft_ms": mean(sum(s["ttft"]), sum(s["ttft_n"])),
+                "requests": int(sum(s["n"], Decimal(0))),
+                "streams": int(sum(s["ttft_n"], Decimal(0))),
+                "latency_ms": [_mean(s["latency"][i], s["n"][i]) for i in range(size)],
+                "ttft_ms": [_mean(s["ttft"][i], s["ttft_n"][i]) for i in range(size)],
+                "mean_latency_ms": _mean(sum(s["latency"], Decimal(0)), sum(s["n"], Decimal(0))),
+                "mean_ttft_ms": _mean(sum(s["ttft"], Decimal(0)), sum(s["ttft_n"], Decimal(0))),
             }
         )
     return {"buckets": list(window.buckets), "models": models, "more_models": len(per_model) - len(busiest)}

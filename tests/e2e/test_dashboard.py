@@ -376,6 +376,14 @@ def test_a_bad_range_is_a_400(traffic: Traffic) -> None:
 
 NOW = datetime(2026, 6, 1, 10, 30, tzinfo=UTC)  # a month began inside the 7-day range
 DELETED_TEAM = "0d7e5b1c-no-longer-a-team"
+TIERS = {"gpt-5-mini": "small", "claude-haiku-5-5": "small", "gpt-5": "large"}
+REASONS = [
+    "explicit",
+    "route=auto task=code src=classifier tier>=medium p=0.41/0.93 q=0.8 cheapest",
+    "route=auto task=code src=classifier tier>=medium p=0.12/0.88 q=0.8 sticky=gpt-5",
+    "route=auto task=chat src=header tier>=small downgraded=budget cheapest",
+    None,
+]
 
 
 async def _migrated(url: str) -> AsyncEngine:
@@ -394,11 +402,16 @@ async def _fill(engine: AsyncEngine) -> tuple[list[UsageEvent], list[TeamRecord]
     for i in range(400):
         status = rng.choice([200] * 8 + [429, 502, 400])
         rejected = status == 429 and i % 2 == 0  # refused by the budget: no upstream attempt
+        streamed = rng.random() < 0.4
         events.append(
             UsageEvent(
                 request_id=f"req_{i:05d}",
                 team_id=rng.choice(team_ids),
-                key_id=None,
+                key_id=rng.choice([None, "key-a", "key-b"]),
+                end_user=rng.choice([None, "u1", "u2", "u3"]),
+                route_reason=None if rejected else rng.choice(REASONS),
+                error_type=rng.choice([None, "api_error", "rate_limit"]) if status >= 400 else None,
+                ttft_ms=round(rng.uniform(5, 900), 3) if streamed and status < 400 else None,
                 client_format="openai",
                 requested_model="auto",
                 served_model=None if rejected else rng.choice(["gpt-5-mini", "claude-haiku-5-5", "gpt-5"]),
@@ -467,7 +480,7 @@ async def test_summary_agrees_with_a_recount_on_sqlite_and_postgres(
         engine = await _migrated(url)
         try:
             events, teams = await _fill(engine)
-            summaries = {r: await build_summary(engine, teams, r, NOW) for r in RANGES}
+            summaries = {r: await build_summary(engine, teams, r, NOW, tiers=TIERS) for r in RANGES}
         finally:
             await engine.dispose()
         _check_against_recount(summaries, events)
@@ -477,9 +490,53 @@ async def test_summary_agrees_with_a_recount_on_sqlite_and_postgres(
     assert comparable["sqlite"] == comparable["postgres"]
 
 
+def _check_ops_against_recount(summary: dict[str, Any], inside: list[UsageEvent]) -> None:
+    routing = summary["routing"]
+    reasons = [e.route_reason for e in inside]
+    assert routing["named"] == reasons.count("explicit")
+    assert routing["unrouted"] == reasons.count(None)
+    assert routing["routed"] == sum(1 for r in reasons if r and r.startswith("route="))
+    decisions = {r["reason"]: r["requests"] for r in routing["reasons"]}
+    assert decisions == {
+        "route=auto task=code src=classifier tier>=medium": sum(1 for r in reasons if r and "task=code" in r),
+        "route=auto task=chat src=header tier>=small downgraded=budget": sum(1 for r in reasons if r and "chat" in r),
+    }
+    tiers: dict[str, int] = defaultdict(int)
+    for e in inside:
+        tiers[TIERS[e.served_model] if e.served_model else "(not served)"] += 1
+    assert {t["tier"]: t["requests"] for t in routing["by_tier"]} == tiers
+
+    for view, attribute in (("keys", "key_id"), ("end_users", "end_user")):
+        groups: dict[str, list[UsageEvent]] = defaultdict(list)
+        for e in inside:
+            if getattr(e, attribute):
+                groups[getattr(e, attribute)].append(e)
+        rows = {r["group"]: r for r in summary[view]["rows"]}
+        assert set(rows) == set(groups) and summary[view]["count"] == len(groups)
+        for group, mine in groups.items():
+            assert rows[group]["requests"] == len(mine)
+            assert Decimal(rows[group]["cost_usd"]) == sum((e.cost_usd for e in mine), Decimal(0))
+
+    errors: dict[str, int] = defaultdict(int)
+    for e in inside:
+        if e.status >= 400:
+            errors[e.error_type or f"http_{e.status}"] += 1
+    assert {e["error_type"]: e["requests"] for e in summary["errors"]} == errors
+
+    answered = [e for e in inside if e.status < 400 and e.served_model]
+    for m in summary["latency_by_model"]["models"]:
+        mine = [e for e in answered if e.served_model == m["model"]]
+        streams = [e.ttft_ms for e in mine if e.ttft_ms is not None]
+        assert (m["requests"], m["streams"]) == (len(mine), len(streams))
+        assert m["mean_latency_ms"] == pytest.approx(sum(e.latency_ms for e in mine) / len(mine), abs=0.001)
+        assert m["mean_ttft_ms"] == pytest.approx(sum(streams) / len(streams), abs=0.001)
+    assert {m["model"] for m in summary["latency_by_model"]["models"]} == {e.served_model for e in answered}
+
+
 def _check_against_recount(summaries: dict[str, dict[str, Any]], events: list[UsageEvent]) -> None:
     for range_name, summary in summaries.items():
         want = _recount(events, range_name)
+        window = window_for(range_name, NOW)
         totals = summary["totals"]
         assert (totals["requests"], totals["errors"]) == (want["requests"], want["errors"])
         assert Decimal(totals["cost_usd"]) == want["cost"]
@@ -494,6 +551,7 @@ def _check_against_recount(summaries: dict[str, dict[str, Any]], events: list[Us
             for bucket, value in zip(chart["buckets"], series["values"], strict=True):
                 expected = want["spend"].get((series["key"], bucket), Decimal(0))
                 assert Decimal(value) == expected, (series["label"], bucket)
+        _check_ops_against_recount(summary, [e for e in events if window.start <= e.created_at < window.end])
         listed = {t["name"]: t for t in summary["teams"]}
         assert {"search", "ads", "idle", DELETED_TEAM} <= set(listed)
         assert listed["idle"]["requests"] == 0
