@@ -39,7 +39,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -139,9 +139,12 @@ class Metrics:
         team_label_cap: int = 100,
         key_label_cap: int = 100,
         end_user_label_cap: int = 100,
+        model_tiers: Mapping[str, str] | None = None,
         registry: CollectorRegistry | None = None,
         multiprocess_dir: str | None = None,
     ) -> None:
+        """``model_tiers`` maps catalogue model names to their tier (the ``served_tier`` label);
+        a served model missing from it is labelled "none"."""
         # Multiprocess mode is the environment's choice: prometheus-client picks its value storage
         # (memory or mmap files) when it is first imported, from the same variable.
         self.multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
@@ -151,13 +154,14 @@ class Metrics:
         self._route_reason = _CappedNames(_ROUTE_REASON_CAP)
         self._key = _CappedNames(key_label_cap)
         self._end_user = _CappedNames(end_user_label_cap)
+        self._tiers = dict(model_tiers or {})
         r = self.registry
 
         request_labels = ["team", "client_api", "route", "served_model", "served_tier", "status_class"]
         self.requests = _Family(
             Counter(
                 "tollway_requests",
-                'Finished requests. route="none" for a named model; served_tier from the catalogue.',
+                'Finished requests. route="none" for a named model; served_tier is the catalogue tier.',
                 request_labels,
                 registry=r,
             )
@@ -383,13 +387,12 @@ class Metrics:
         route: str | None,
         upstream_s: float | None,
         ttft_s: float | None,
-        served_tier: str | None = None,
     ) -> None:
         """Count one finished request (called once, with the event the ledger records)."""
         team = self._team(team_name) if team_name else NONE
         model = event.served_model or NONE
         api = event.client_format
-        tier = served_tier or NONE
+        tier = self._tiers.get(model, NONE)
         self.requests.child(team, api, route or NONE, model, tier, status_class(event.status)).inc()
         if event.route_reason:
             reason = self._route_reason(route_reason_key(event.route_reason))
@@ -468,9 +471,11 @@ class Metrics:
         A team past the label cap is not exported: one "other" gauge shared by many teams would
         show whichever was set last, which is worse than nothing.
         """
-        team = self._team(team_name)
         unit = BUDGET_UNITS.get(window)
-        if team == OTHER or unit is None:
+        if unit is None:
+            raise ValueError(f"unknown budget window {window!r}; expected one of {sorted(BUDGET_UNITS)}")
+        team = self._team(team_name)
+        if team == OTHER:
             return
         self.budget_remaining[unit].child(team, window).set(remaining)
         if limit is not None:
