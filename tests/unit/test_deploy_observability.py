@@ -148,6 +148,13 @@ def test_dashboard_covers_what_ops_watch() -> None:
         "fallbacks",
         "in flight",
         "ledger",
+        "routing mix",
+        "served tier",
+        "route reasons",
+        "latency p99 by model",
+        "time to first token p50 by model",
+        "keys and end users",
+        "process cpu and memory",
     ):
         assert topic in titles, f"no panel for {topic!r}"
 
