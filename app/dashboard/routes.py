@@ -5,6 +5,8 @@
 * ``POST /dashboard/logout``: removes the cookie.
 * ``GET /dashboard``: the page (HTML); without a valid session it redirects to the login form.
 * ``GET /dashboard/api/summary?range=24h|7d|30d``: the data the page draws; 401 without a session.
+  Everything comes from the ledger except escalations (the ledger has no column for them), which
+  are the metrics' count since the server started.
 * ``GET /dashboard/static/{dashboard.js,dashboard.css,favicon.svg}``: assets, served from memory.
 
 Nothing is loaded from anywhere else: the Content-Security-Policy allows only this origin, so no
@@ -22,6 +24,7 @@ from urllib.parse import parse_qs
 
 import orjson
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from app.dashboard.session import (
@@ -239,7 +242,12 @@ async def summary(request: Request) -> Response:
         return _json_error(400, f"range must be one of: {', '.join(RANGES)}", "invalid_range")
     services = request.app.state.services
     teams = await services.teams.list_teams()
-    return _json(await build_summary(services.engine, teams, range_name, _now()))
+    tiers = {name: model.tier for name, model in services.catalog.models.items()}
+    escalations = await run_in_threadpool(services.metrics.escalation_counts)
+    summary = await build_summary(
+        services.engine, teams, range_name, _now(), tiers=tiers, escalations=escalations
+    )
+    return _json(summary)
 
 
 @router.get("/dashboard/static/{name}")

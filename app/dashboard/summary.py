@@ -14,77 +14,54 @@ included). So the bars of a chart always add up to the totals above it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql.elements import ColumnElement
 
 from app.auth.records import TeamRecord
+from app.dashboard.breakdowns import (
+    error_rows,
+    errors_json,
+    latency_json,
+    latency_rows,
+    reason_rows,
+    routing_json,
+    routing_rows,
+)
+from app.dashboard.window import (
+    DEFAULT_RANGE,
+    RANGES,
+    Window,
+    bucket_expression,
+    in_window,
+    window_for,
+)
 from app.db.tables import usage_events
-from app.ledger.reports import NOT_SERVED, ReportRow, usage_report
+from app.ledger.reports import NOT_SERVED, ReportRow, UsageReport, usage_report
 
-Unit = Literal["hour", "day"]
-RANGES: dict[str, tuple[Unit, int]] = {"24h": ("hour", 24), "7d": ("day", 7), "30d": ("day", 30)}
-DEFAULT_RANGE = "7d"
+__all__ = ["DEFAULT_RANGE", "RANGES", "Window", "build_summary", "window_for"]
+
 SERIES_LIMIT = 8  # stacked series per chart; the rest are summed into one "other" series
 OTHER = "(other)"
 WARNING_SHARE = Decimal("0.8")
 PERCENTILES = (50, 99)
 QUERY_CONCURRENCY = 4  # database connections one summary may hold at once
+TOP_PRINCIPALS = 20  # keys and end users listed, by spend
 T = TypeVar("T")
-
-_BUCKET_FORMATS = {"hour": "%Y-%m-%dT%H:00:00Z", "day": "%Y-%m-%d"}
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    name: str
-    unit: Unit
-    start: datetime
-    end: datetime
-    buckets: tuple[str, ...]  # bucket labels, oldest first, as the database formats them
-
-
-def window_for(range_name: str, now: datetime) -> Window:
-    """The [start, end) of a named range at ``now``, aligned to whole UTC hours or days."""
-    unit, count = RANGES[range_name]
-    now = now.astimezone(UTC)
-    if unit == "hour":
-        current, step = now.replace(minute=0, second=0, microsecond=0), timedelta(hours=1)
-    else:
-        current, step = now.replace(hour=0, minute=0, second=0, microsecond=0), timedelta(days=1)
-    start = current - step * (count - 1)
-    labels = tuple((start + step * i).strftime(_BUCKET_FORMATS[unit]) for i in range(count))
-    return Window(name=range_name, unit=unit, start=start, end=current + step, buckets=labels)
 
 
 # ---- queries the report functions do not cover ----------------------------------------------------
-
-
-def _bucket(engine: AsyncEngine, unit: Unit) -> ColumnElement[Any]:
-    # Formats match ``_BUCKET_FORMATS`` (and the ledger reports' bucket labels).
-    created = usage_events.c.created_at
-    if engine.dialect.name == "postgresql":
-        fmt = 'YYYY-MM-DD"T"HH24:00:00"Z"' if unit == "hour" else "YYYY-MM-DD"
-        return func.to_char(func.date_trunc(unit, func.timezone("UTC", created)), fmt)
-    return func.strftime(_BUCKET_FORMATS[unit], created)  # SQLite stores naive UTC text
-
-
-def _in_window(window: Window) -> list[ColumnElement[bool]]:
-    created = usage_events.c.created_at
-    return [created >= window.start, created < window.end]
 
 
 async def spend_series(engine: AsyncEngine, window: Window, by: Literal["team", "model"]) -> list[Any]:
     """Rows of (bucket, group, requests, cost_usd): spend per bucket and team id or served model."""
     c = usage_events.c
     group = c.team_id if by == "team" else c.served_model
-    bucket = _bucket(engine, window.unit).label("bucket")
+    bucket = bucket_expression(engine, window.unit).label("bucket")
     query = (
         select(
             bucket,
@@ -92,7 +69,7 @@ async def spend_series(engine: AsyncEngine, window: Window, by: Literal["team", 
             func.count().label("requests"),
             func.sum(c.cost_usd, type_=c.cost_usd.type).label("cost_usd"),
         )
-        .where(*_in_window(window))
+        .where(*in_window(window))
         .group_by(bucket, group)
     )
     async with engine.connect() as conn:
@@ -106,7 +83,7 @@ async def status_counts(engine: AsyncEngine, window: Window) -> list[Any]:
     rejected = case((c.attempts == 0, 1), else_=0).label("rejected")
     query = (
         select(c.status, rejected, func.count().label("requests"))
-        .where(*_in_window(window))
+        .where(*in_window(window))
         .group_by(c.status, rejected)
     )
     async with engine.connect() as conn:
@@ -121,7 +98,7 @@ async def latency_percentiles(engine: AsyncEngine, window: Window) -> dict[str, 
     the same ranks from one sorted pass with ``row_number()``.
     """
     c = usage_events.c
-    answered = [*_in_window(window), c.status < 400]
+    answered = [*in_window(window), c.status < 400]
     result: dict[str, Any] = {"count": 0, **{f"p{p}_ms": None for p in PERCENTILES}}
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
@@ -272,10 +249,28 @@ def _budget_json(team: TeamRecord | None, today: ReportRow | None, month: Report
     return {"status": status, "windows": windows, "rate_limits": rates}
 
 
+def _principals_json(report: UsageReport) -> dict[str, Any]:
+    """The top keys or end users by spend (then requests), and how many had traffic in all.
+    Labels come from the report: a key's prefix and name, an end user's own id."""
+    rows = [r for r in report.rows if r.group]
+    rows.sort(key=lambda r: (-r.cost_usd, -r.requests, r.label))
+    return {"rows": [_row_json(r) for r in rows[:TOP_PRINCIPALS]], "count": len(rows)}
+
+
 async def build_summary(
-    engine: AsyncEngine, teams: list[TeamRecord], range_name: str, now: datetime
+    engine: AsyncEngine,
+    teams: list[TeamRecord],
+    range_name: str,
+    now: datetime,
+    *,
+    tiers: Mapping[str, str] | None = None,
+    escalations: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the dashboard page draws for one range, as JSON-ready data (USD as strings)."""
+    """Everything the dashboard page draws for one range, as JSON-ready data (USD as strings).
+
+    ``tiers`` maps catalogue model names to their tier (for the served-tier mix); ``escalations``
+    is what the process's metrics counted (the ledger has no escalation column), shown as given.
+    """
     window = window_for(range_name, now)
     now = now.astimezone(UTC)
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -302,9 +297,19 @@ async def build_summary(
         gated(status_counts(engine, window)),
         gated(latency_percentiles(engine, window)),
     )
-    (by_team, by_model, today, month), (team_series, model_series, statuses, latency) = await asyncio.gather(
-        reports, extras
+    ops = asyncio.gather(
+        gated(usage_report(engine, start=window.start, end=window.end, group_by="key")),
+        gated(usage_report(engine, start=window.start, end=window.end, group_by="end_user")),
+        gated(routing_rows(engine, window)),
+        gated(reason_rows(engine, window)),
+        gated(latency_rows(engine, window)),
+        gated(error_rows(engine, window)),
     )
+    (
+        (by_team, by_model, today, month),
+        (team_series, model_series, statuses, latency),
+        (by_key, by_end_user, routing, reasons, latency_by_model, errors),
+    ) = await asyncio.gather(reports, extras, ops)
 
     names = {t.id: t.name for t in teams}
     for row in by_team.rows:  # teams deleted since: their ledger rows keep the id as label
@@ -342,4 +347,9 @@ async def build_summary(
         "spend_by_model": _series_json(window, model_series, model_labels),
         "statuses": _statuses_json(statuses),
         "latency": latency,
+        "routing": routing_json(routing, reasons, tiers or {}, escalations or {}),
+        "keys": _principals_json(by_key),
+        "end_users": _principals_json(by_end_user),
+        "latency_by_model": latency_json(window, latency_by_model),
+        "errors": errors_json(errors),
     }

@@ -11,9 +11,20 @@ scrape served by *any* worker merges all files: counters and histograms sum acro
 gauge declares how its per-worker values combine (in-flight requests add up, a breaker's state is the
 worst any worker sees, a remaining budget is the most recently refreshed value).
 
-**Cardinality.** Labels never carry request ids, keys or free text. Teams are labels while fewer than
-``team_label_cap`` distinct teams have been seen by the process; later teams are counted as ``other``.
-Error types are reduced to ``[a-z0-9_]`` and capped the same way.
+**Units.** One unit per metric name: tokens, requests and USD never share a name split by a label
+(``tollway_budget_remaining_tokens``, ``..._requests``, ``..._usd``), and a state is a labelled 1/0
+gauge, not a number to decode. ``promtool check metrics`` passes on a real scrape
+(tests/unit/test_metrics_promtool.py).
+
+**Cardinality.** Labels never carry request ids, key secrets, prompts or other free text. Teams are labels
+while fewer than ``team_label_cap`` distinct teams have been seen by the process; later teams are
+counted as ``other``. Key ids (the ledger's ``key_id``, never the key itself) and end-user ids are
+capped the same way (``key_label_cap``, ``end_user_label_cap``); end-user ids are also cut to 64
+characters. Error types are reduced to ``[a-z0-9_]`` and capped; route reasons are reduced to their
+decision (``route_reason_key``) and capped.
+
+**Process metrics.** ``process_*`` (CPU, memory, open files) and ``python_info`` are on the exposition
+registry. In multiprocess mode they describe the worker that served the scrape, not the sum.
 
 **Cost.** ``observe`` runs once per request and ``observe_inter_event`` once per write to a stream, so both
 look up labelled children in plain dicts (prometheus-client's ``labels()`` validates and locks on
@@ -28,7 +39,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -37,6 +48,8 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
     values,
@@ -44,6 +57,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from app.ledger.events import UsageEvent
+from app.observability.route_reason import route_reason_key
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OTHER = "other"
@@ -56,7 +70,16 @@ TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 3
 # Gaps between stream events: tokens arrive every few ms; long gaps are stalls.
 INTER_EVENT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+BREAKER_STATES = ("closed", "half_open", "open")
+# Budget windows by the unit they count (``app/budgets/windows.py`` names them).
+BUDGET_UNITS = {
+    "requests_per_minute": "requests",
+    "tokens_per_minute": "tokens",
+    "tokens_per_day": "tokens",
+    "tokens_per_month": "tokens",
+    "usd_per_day": "usd",
+    "usd_per_month": "usd",
+}
 
 # ``*_created`` series (one timestamp per labelled child) would double the series count for nothing
 # a dashboard uses; multiprocess mode never exports them anyway.
@@ -64,6 +87,8 @@ disable_created_metrics()
 
 _ERROR_TYPE_UNSAFE = re.compile(r"[^a-z0-9_]+")
 _ERROR_TYPE_CAP = 50
+_ROUTE_REASON_CAP = 50
+_END_USER_MAX_LENGTH = 64
 
 
 def status_class(status: int) -> str:
@@ -112,20 +137,58 @@ class Metrics:
         self,
         *,
         team_label_cap: int = 100,
+        key_label_cap: int = 100,
+        end_user_label_cap: int = 100,
+        model_tiers: Mapping[str, str] | None = None,
         registry: CollectorRegistry | None = None,
         multiprocess_dir: str | None = None,
     ) -> None:
+        """``model_tiers`` maps catalogue model names to their tier (the ``served_tier`` label);
+        a served model missing from it is labelled "none"."""
         # Multiprocess mode is the environment's choice: prometheus-client picks its value storage
         # (memory or mmap files) when it is first imported, from the same variable.
         self.multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._team = _CappedNames(team_label_cap)
         self._error_type = _CappedNames(_ERROR_TYPE_CAP)
+        self._route_reason = _CappedNames(_ROUTE_REASON_CAP)
+        self._key = _CappedNames(key_label_cap)
+        self._end_user = _CappedNames(end_user_label_cap)
+        self._tiers = dict(model_tiers or {})
         r = self.registry
 
-        team_api_route_model_status = ["team", "client_api", "route", "served_model", "status_class"]
+        request_labels = ["team", "client_api", "route", "served_model", "served_tier", "status_class"]
         self.requests = _Family(
-            Counter("tollway_requests", "Finished requests.", team_api_route_model_status, registry=r)
+            Counter(
+                "tollway_requests",
+                'Finished requests. route="none" for a named model; served_tier is the catalogue tier.',
+                request_labels,
+                registry=r,
+            )
+        )
+        self.route_reasons = _Family(
+            Counter(
+                "tollway_route_reasons",
+                "Finished requests by routing decision (route, task, its source, minimum tier).",
+                ["route", "reason"],
+                registry=r,
+            )
+        )
+        self.key_requests = _Family(
+            Counter("tollway_key_requests", "Finished requests per API key id.", ["key_id"], registry=r)
+        )
+        self.key_tokens = _Family(
+            Counter("tollway_key_tokens", "Tokens billed (all types) per API key id.", ["key_id"], registry=r)
+        )
+        self.end_user_requests = _Family(
+            Counter(
+                "tollway_end_user_requests", "Finished requests per end-user id.", ["end_user"], registry=r
+            )
+        )
+        self.end_user_tokens = _Family(
+            Counter(
+                "tollway_end_user_tokens", "Tokens billed (all types) per end-user id.", ["end_user"], registry=r
+            )
         )
         self.tokens = _Family(
             Counter(
@@ -219,24 +282,30 @@ class Metrics:
                 registry=r,
             )
         )
-        self.budget_remaining = _Family(
-            Gauge(
-                "tollway_budget_remaining",
-                "Budget left in the current window (tokens, requests or USD, per the window).",
-                ["team", "window"],
-                registry=r,
-                multiprocess_mode="mostrecent",
+        self.budget_remaining = {
+            unit: _Family(
+                Gauge(
+                    f"tollway_budget_remaining_{unit}",
+                    f"Budget left in the current window, in {unit}.",
+                    ["team", "window"],
+                    registry=r,
+                    multiprocess_mode="mostrecent",
+                )
             )
-        )
-        self.budget_limit = _Family(
-            Gauge(
-                "tollway_budget_limit",
-                "The budget of the window (same unit as tollway_budget_remaining).",
-                ["team", "window"],
-                registry=r,
-                multiprocess_mode="mostrecent",
+            for unit in sorted(set(BUDGET_UNITS.values()))
+        }
+        self.budget_limit = {
+            unit: _Family(
+                Gauge(
+                    f"tollway_budget_limit_{unit}",
+                    f"The budget of the window, in {unit}.",
+                    ["team", "window"],
+                    registry=r,
+                    multiprocess_mode="mostrecent",
+                )
             )
-        )
+            for unit in sorted(set(BUDGET_UNITS.values()))
+        }
         self.response_cache_lookups = _Family(
             Counter(
                 "tollway_response_cache_lookups",
@@ -266,9 +335,10 @@ class Metrics:
         )
         self.breaker_state = _Family(
             Gauge(
-                "tollway_breaker_state",
-                "Circuit-breaker state per deployment: 0 closed, 1 half open, 2 open (worst worker).",
-                ["deployment"],
+                "tollway_deployment_breaker_state",
+                "Circuit-breaker state per deployment: 1 for its current state, 0 for the others "
+                "(with several workers, 1 where any worker is in that state).",
+                ["deployment", "state"],
                 registry=r,
                 multiprocess_mode="livemax",
             )
@@ -298,6 +368,8 @@ class Metrics:
             _WorkersCollector(self._exposition, path=self.multiprocess_dir)
         else:
             self._exposition = self.registry
+        ProcessCollector(registry=self._exposition)
+        PlatformCollector(registry=self._exposition)
 
     # ---- per request ---------------------------------------------------------------------------------
 
@@ -320,7 +392,12 @@ class Metrics:
         team = self._team(team_name) if team_name else NONE
         model = event.served_model or NONE
         api = event.client_format
-        self.requests.child(team, api, route or NONE, model, status_class(event.status)).inc()
+        tier = self._tiers.get(model, NONE)
+        self.requests.child(team, api, route or NONE, model, tier, status_class(event.status)).inc()
+        if event.route_reason:
+            reason = self._route_reason(route_reason_key(event.route_reason))
+            self.route_reasons.child(route or NONE, reason).inc()
+        self._observe_principal(event)
 
         tokens = self.tokens
         if event.input_tokens:
@@ -352,6 +429,25 @@ class Metrics:
         if ttft_s is not None:
             self.ttft.child(model).observe(ttft_s)
 
+    def _observe_principal(self, event: UsageEvent) -> None:
+        total = (
+            event.input_tokens
+            + event.output_tokens
+            + event.cache_write_5m_tokens
+            + event.cache_write_1h_tokens
+            + event.cache_read_tokens
+        )
+        if event.key_id:
+            key = self._key(event.key_id)
+            self.key_requests.child(key).inc()
+            if total:
+                self.key_tokens.child(key).inc(total)
+        if event.end_user:
+            user = self._end_user(event.end_user[:_END_USER_MAX_LENGTH])
+            self.end_user_requests.child(user).inc()
+            if total:
+                self.end_user_tokens.child(user).inc(total)
+
     def observe_inter_event(self, seconds: float, client_format: str) -> None:
         self.inter_event.child(client_format).observe(seconds)
 
@@ -375,12 +471,15 @@ class Metrics:
         A team past the label cap is not exported: one "other" gauge shared by many teams would
         show whichever was set last, which is worse than nothing.
         """
+        unit = BUDGET_UNITS.get(window)
+        if unit is None:
+            raise ValueError(f"unknown budget window {window!r}; expected one of {sorted(BUDGET_UNITS)}")
         team = self._team(team_name)
         if team == OTHER:
             return
-        self.budget_remaining.child(team, window).set(remaining)
+        self.budget_remaining[unit].child(team, window).set(remaining)
         if limit is not None:
-            self.budget_limit.child(team, window).set(limit)
+            self.budget_limit[unit].child(team, window).set(limit)
 
     def response_cache(self, hit: bool) -> None:
         self.response_cache_lookups.child("hit" if hit else "miss").inc()
@@ -395,8 +494,11 @@ class Metrics:
         self.escalations.child(from_model, to_model).inc()
 
     def set_breaker_state(self, deployment: str, state: str) -> None:
-        """``state`` is "closed", "half_open" or "open"."""
-        self.breaker_state.child(deployment).set(BREAKER_STATES[state])
+        """``state`` is "closed", "half_open" or "open": that state's gauge is 1, the others 0."""
+        if state not in BREAKER_STATES:
+            raise ValueError(f"unknown breaker state {state!r}; expected one of {BREAKER_STATES}")
+        for name in BREAKER_STATES:
+            self.breaker_state.child(deployment, name).set(1 if name == state else 0)
 
     def ledger_dead_letters(self, count: int) -> None:
         self.ledger_dead_letter_rows.inc(count)
@@ -405,6 +507,24 @@ class Metrics:
         """``spool_size`` counts usage events (not bytes) waiting in the spool."""
         self.ledger_queue_depth.set(queue_depth)
         self.ledger_spool_events.set(spool_size)
+
+    def escalation_counts(self) -> dict[str, Any]:
+        """Escalations counted since the process (or, in multiprocess mode, the server) started:
+        the total and each (from, to) pair. Reads the workers' files in multiprocess mode: call it
+        off the event loop."""
+        counts: dict[tuple[str, str], int] = {}
+        for family in self._exposition.collect():
+            if family.name != "tollway_escalations":
+                continue
+            for sample in family.samples:
+                if sample.name == "tollway_escalations_total":
+                    pair = (sample.labels["from_model"], sample.labels["to_model"])
+                    counts[pair] = counts.get(pair, 0) + int(sample.value)
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return {
+            "total": sum(counts.values()),
+            "pairs": [{"from": f, "to": t, "count": n} for (f, t), n in ranked],
+        }
 
     # ---- exposition ----------------------------------------------------------------------------------
 

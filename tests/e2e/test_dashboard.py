@@ -14,6 +14,8 @@ import os
 import random
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -374,6 +376,14 @@ def test_a_bad_range_is_a_400(traffic: Traffic) -> None:
 
 NOW = datetime(2026, 6, 1, 10, 30, tzinfo=UTC)  # a month began inside the 7-day range
 DELETED_TEAM = "0d7e5b1c-no-longer-a-team"
+TIERS = {"gpt-5-mini": "small", "claude-haiku-5-5": "small", "gpt-5": "large"}
+REASONS = [
+    "explicit",
+    "route=auto task=code src=classifier tier>=medium p=0.41/0.93 q=0.8 cheapest",
+    "route=auto task=code src=classifier tier>=medium p=0.12/0.88 q=0.8 sticky=gpt-5",
+    "route=auto task=chat src=header tier>=small downgraded=budget cheapest",
+    None,
+]
 
 
 async def _migrated(url: str) -> AsyncEngine:
@@ -392,11 +402,16 @@ async def _fill(engine: AsyncEngine) -> tuple[list[UsageEvent], list[TeamRecord]
     for i in range(400):
         status = rng.choice([200] * 8 + [429, 502, 400])
         rejected = status == 429 and i % 2 == 0  # refused by the budget: no upstream attempt
+        streamed = rng.random() < 0.4
         events.append(
             UsageEvent(
                 request_id=f"req_{i:05d}",
                 team_id=rng.choice(team_ids),
-                key_id=None,
+                key_id=rng.choice([None, "key-a", "key-b"]),
+                end_user=rng.choice([None, "u1", "u2", "u3"]),
+                route_reason=None if rejected else rng.choice(REASONS),
+                error_type=rng.choice([None, "api_error", "rate_limit"]) if status >= 400 else None,
+                ttft_ms=round(rng.uniform(5, 900), 3) if streamed and status < 400 else None,
                 client_format="openai",
                 requested_model="auto",
                 served_model=None if rejected else rng.choice(["gpt-5-mini", "claude-haiku-5-5", "gpt-5"]),
@@ -465,7 +480,7 @@ async def test_summary_agrees_with_a_recount_on_sqlite_and_postgres(
         engine = await _migrated(url)
         try:
             events, teams = await _fill(engine)
-            summaries = {r: await build_summary(engine, teams, r, NOW) for r in RANGES}
+            summaries = {r: await build_summary(engine, teams, r, NOW, tiers=TIERS) for r in RANGES}
         finally:
             await engine.dispose()
         _check_against_recount(summaries, events)
@@ -475,9 +490,53 @@ async def test_summary_agrees_with_a_recount_on_sqlite_and_postgres(
     assert comparable["sqlite"] == comparable["postgres"]
 
 
+def _check_ops_against_recount(summary: dict[str, Any], inside: list[UsageEvent]) -> None:
+    routing = summary["routing"]
+    reasons = [e.route_reason for e in inside]
+    assert routing["named"] == reasons.count("explicit")
+    assert routing["unrouted"] == reasons.count(None)
+    assert routing["routed"] == sum(1 for r in reasons if r and r.startswith("route="))
+    decisions = {r["reason"]: r["requests"] for r in routing["reasons"]}
+    assert decisions == {
+        "route=auto task=code src=classifier tier>=medium": sum(1 for r in reasons if r and "task=code" in r),
+        "route=auto task=chat src=header tier>=small downgraded=budget": sum(1 for r in reasons if r and "chat" in r),
+    }
+    tiers: dict[str, int] = defaultdict(int)
+    for e in inside:
+        tiers[TIERS[e.served_model] if e.served_model else "(not served)"] += 1
+    assert {t["tier"]: t["requests"] for t in routing["by_tier"]} == tiers
+
+    for view, attribute in (("keys", "key_id"), ("end_users", "end_user")):
+        groups: dict[str, list[UsageEvent]] = defaultdict(list)
+        for e in inside:
+            if getattr(e, attribute):
+                groups[getattr(e, attribute)].append(e)
+        rows = {r["group"]: r for r in summary[view]["rows"]}
+        assert set(rows) == set(groups) and summary[view]["count"] == len(groups)
+        for group, mine in groups.items():
+            assert rows[group]["requests"] == len(mine)
+            assert Decimal(rows[group]["cost_usd"]) == sum((e.cost_usd for e in mine), Decimal(0))
+
+    errors: dict[str, int] = defaultdict(int)
+    for e in inside:
+        if e.status >= 400:
+            errors[e.error_type or f"http_{e.status}"] += 1
+    assert {e["error_type"]: e["requests"] for e in summary["errors"]} == errors
+
+    answered = [e for e in inside if e.status < 400 and e.served_model]
+    for m in summary["latency_by_model"]["models"]:
+        mine = [e for e in answered if e.served_model == m["model"]]
+        streams = [e.ttft_ms for e in mine if e.ttft_ms is not None]
+        assert (m["requests"], m["streams"]) == (len(mine), len(streams))
+        assert m["mean_latency_ms"] == pytest.approx(sum(e.latency_ms for e in mine) / len(mine), abs=0.001)
+        assert m["mean_ttft_ms"] == pytest.approx(sum(streams) / len(streams), abs=0.001)
+    assert {m["model"] for m in summary["latency_by_model"]["models"]} == {e.served_model for e in answered}
+
+
 def _check_against_recount(summaries: dict[str, dict[str, Any]], events: list[UsageEvent]) -> None:
     for range_name, summary in summaries.items():
         want = _recount(events, range_name)
+        window = window_for(range_name, NOW)
         totals = summary["totals"]
         assert (totals["requests"], totals["errors"]) == (want["requests"], want["errors"])
         assert Decimal(totals["cost_usd"]) == want["cost"]
@@ -492,6 +551,7 @@ def _check_against_recount(summaries: dict[str, dict[str, Any]], events: list[Us
             for bucket, value in zip(chart["buckets"], series["values"], strict=True):
                 expected = want["spend"].get((series["key"], bucket), Decimal(0))
                 assert Decimal(value) == expected, (series["label"], bucket)
+        _check_ops_against_recount(summary, [e for e in events if window.start <= e.created_at < window.end])
         listed = {t["name"]: t for t in summary["teams"]}
         assert {"search", "ads", "idle", DELETED_TEAM} <= set(listed)
         assert listed["idle"]["requests"] == 0
@@ -544,12 +604,7 @@ def _full_page_screenshot(driver: Any, path: Path) -> None:
     assert driver.save_screenshot(str(path))
 
 
-def test_dashboard_in_headless_chromium(traffic: Traffic, tmp_path: Path) -> None:
-    webdriver, service_class = _browser()
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
+def _chromium(webdriver: Any, service_class: Any, tmp_path: Path) -> Any:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -567,7 +622,16 @@ def test_dashboard_in_headless_chromium(traffic: Traffic, tmp_path: Path) -> Non
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=service_class(executable_path=CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=service_class(executable_path=CHROMEDRIVER), options=options)
+
+
+def test_dashboard_in_headless_chromium(traffic: Traffic, tmp_path: Path) -> None:
+    webdriver, service_class = _browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _chromium(webdriver, service_class, tmp_path)
     try:
         wait = WebDriverWait(driver, 20)
         driver.get(f"{traffic.gw.url}/dashboard")
@@ -633,5 +697,198 @@ def test_dashboard_in_headless_chromium(traffic: Traffic, tmp_path: Path) -> Non
         wait.until(ec.url_contains("/dashboard/login"))
         driver.get(f"{traffic.gw.url}/dashboard")
         wait.until(ec.url_contains("/dashboard/login"))  # signed out for real
+    finally:
+        driver.quit()
+
+
+# ---- the ops sections: routing mix, keys, end users, latency and TTFT by model, error types -----------
+
+
+@dataclass
+class OpsTraffic:
+    gw: Gateway
+    db_path: Path
+    requests: int
+
+
+def _ledger(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db_path) as db:
+        return list(db.execute(sql))
+
+
+def _tollway_usage(db_path: Path, group_by: str) -> dict[str, Any]:
+    """What ``tollway usage --group-by … --json`` prints for the test's ledger."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "usage", "--group-by", group_by, "--json",
+         "--database-url", f"sqlite+aiosqlite:///{db_path}"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+@pytest.fixture(scope="module")
+def ops_traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsTraffic]:
+    """Named models and a route, streams, two keys, three end users and a refused model."""
+    tmp = tmp_path_factory.mktemp("dashboard-ops")
+    with run_gateway(tmp) as gw:
+        admin = gw.admin()
+        assert admin.post("/admin/teams", json={"name": "ops"}).status_code == 201
+        second_key = admin.post("/admin/teams/ops/keys", json={"name": "ops-frontend"}).json()["key"]
+        sent = 0
+        for key, user in ((gw.team_key, "alice"), (second_key, "bob"), (second_key, "alice")):
+            gpt = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+            gpt.chat.completions.create(
+                model=GPT, max_tokens=24, user=user, messages=[{"role": "user", "content": "Name a colour."}]
+            )
+            gpt.chat.completions.create(
+                model="auto", max_tokens=24, user=user, messages=[{"role": "user", "content": "Sum 2 and 3."}]
+            )
+            sent += 2
+        claude = anthropic.Anthropic(base_url=gw.url, api_key=second_key, max_retries=0)
+        with claude.messages.stream(
+            model=CLAUDE, max_tokens=32, metadata={"user_id": "carol"},
+            messages=[{"role": "user", "content": "Count to five."}],
+        ) as stream:  # fmt: skip
+            assert stream.get_final_text()
+        sent += 1
+        gpt = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.team_key, max_retries=0)
+        chunks = gpt.chat.completions.create(
+            model=GPT, max_tokens=24, stream=True, messages=[{"role": "user", "content": "Say hi."}]
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        sent += 1
+        with pytest.raises(openai.NotFoundError):
+            gpt.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        sent += 1
+
+        db_path = tmp / "tollway.db"
+        deadline = time.monotonic() + 15
+        with _signed_in(gw) as client:
+            while _summary(client)["totals"]["requests"] < sent:
+                assert time.monotonic() < deadline, "the ledger did not record the traffic in time"
+                time.sleep(0.05)
+        assert _ledger(db_path, "SELECT count(*) FROM usage_events") == [(sent,)]
+        yield OpsTraffic(gw=gw, db_path=db_path, requests=sent)
+
+
+def test_ops_sections_match_the_ledger_and_tollway_usage(ops_traffic: OpsTraffic) -> None:
+    db = ops_traffic.db_path
+    with _signed_in(ops_traffic.gw) as client:
+        summary = _summary(client, "7d")
+
+    routing = summary["routing"]
+    [(named,)] = _ledger(db, "SELECT count(*) FROM usage_events WHERE route_reason = 'explicit'")
+    [(routed,)] = _ledger(db, "SELECT count(*) FROM usage_events WHERE route_reason LIKE 'route=%'")
+    [(unrouted,)] = _ledger(db, "SELECT count(*) FROM usage_events WHERE route_reason IS NULL")
+    assert (routing["named"], routing["routed"], routing["unrouted"]) == (named, routed, unrouted)
+    assert (named, routed) == (5, 3) and named + routed + unrouted == ops_traffic.requests
+    assert routing["by_route"] == [{"route": "auto", "requests": 3}]
+    catalog = ops_traffic.gw.services.catalog
+    tiers: dict[str, int] = defaultdict(int)
+    for model, count in _ledger(db, "SELECT served_model, count(*) FROM usage_events GROUP BY served_model"):
+        tiers[catalog.models[model].tier if model else "(not served)"] += count
+    assert {t["tier"]: t["requests"] for t in routing["by_tier"]} == tiers
+    reasons = {r["reason"]: r["requests"] for r in routing["reasons"]}
+    assert sum(reasons.values()) + routing["other_reasons"] == routed
+    assert all(r.startswith("route=auto task=") and " p=" not in r for r in reasons)
+    assert routing["escalations"]["total"] == 0  # the simulator's answers pass verification
+
+    # Keys and end users: the same rows `tollway usage` prints.
+    for view, group_by in (("keys", "key"), ("end_users", "end_user")):
+        report = {r["group"]: r for r in _tollway_usage(db, group_by)["rows"] if r["group"]}
+        shown = {r["group"]: r for r in summary[view]["rows"]}
+        assert set(shown) == set(report) and summary[view]["count"] == len(report)
+        for group, row in shown.items():
+            want = report[group]
+            assert (row["label"], row["requests"], row["errors"]) == (want["label"], want["requests"], want["errors"])
+            assert Decimal(row["cost_usd"]) == Decimal(want["cost_usd"])
+    assert {r["label"] for r in summary["end_users"]["rows"]} == {"alice", "bob", "carol"}
+    assert len(summary["keys"]["rows"]) == 2
+
+    # Latency and TTFT by model: the ledger's means over answered requests, per model.
+    by_model = {m["model"]: m for m in summary["latency_by_model"]["models"]}
+    rows = _ledger(
+        db,
+        "SELECT served_model, count(*), avg(latency_ms), count(ttft_ms), avg(ttft_ms) FROM usage_events"
+        " WHERE status < 400 AND served_model IS NOT NULL GROUP BY served_model",
+    )
+    assert set(by_model) == {r[0] for r in rows}
+    for model, n, latency, streams, ttft in rows:
+        got = by_model[model]
+        assert (got["requests"], got["streams"]) == (n, streams)
+        assert got["mean_latency_ms"] == pytest.approx(latency, abs=0.001)
+        assert got["mean_ttft_ms"] == (None if ttft is None else pytest.approx(ttft, abs=0.001))
+        assert sum(v is not None for v in got["latency_ms"]) == 1  # all traffic fell on today
+    assert sum(m["streams"] for m in by_model.values()) == 2
+
+    errors = _ledger(db, "SELECT error_type, status, count(*) FROM usage_events WHERE status >= 400 GROUP BY 1, 2")
+    assert [(e["error_type"], e["statuses"], e["requests"]) for e in summary["errors"]] == [
+        (kind, {str(status): count}, count) for kind, status, count in errors
+    ]
+    assert summary["errors"][0]["statuses"] == {"404": 1}
+
+
+def test_ops_sections_in_headless_chromium(ops_traffic: OpsTraffic, tmp_path: Path) -> None:
+    webdriver, service_class = _browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with _signed_in(ops_traffic.gw) as client:
+        summary = _summary(client, "7d")
+    driver = _chromium(webdriver, service_class, tmp_path)
+    try:
+        wait = WebDriverWait(driver, 20)
+        driver.get(f"{ops_traffic.gw.url}/dashboard/login")
+        driver.find_element(By.ID, "admin-key").send_keys(ops_traffic.gw.admin_key)
+        driver.find_element(By.ID, "sign-in").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "total-requests"), str(ops_traffic.requests)))
+
+        text = lambda element_id: driver.find_element(By.ID, element_id).text  # noqa: E731
+        routing = summary["routing"]
+        assert (text("routing-named"), text("routing-routed"), text("routing-unrouted")) == (
+            str(routing["named"]), str(routing["routed"]), str(routing["unrouted"])
+        )  # fmt: skip
+        assert text("escalations-total") == "0"
+
+        def table(table_id: str) -> list[list[str]]:
+            rows = driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")
+            return [[cell.text for cell in row.find_elements(By.CSS_SELECTOR, "td")] for row in rows]
+
+        assert table("tiers-table") == [[t["tier"], str(t["requests"])] for t in routing["by_tier"]]
+        assert table("routes-table") == [["auto", "3"]]
+        assert [row[1] for row in table("reasons-table")] == [str(r["requests"]) for r in routing["reasons"]]
+        assert all(row[0].startswith("route=auto task=") for row in table("reasons-table"))
+
+        for table_id, view in (("keys-table", "keys"), ("end-users-table", "end_users")):
+            assert table(table_id) == [
+                [r["label"], formatted_usd(Decimal(r["cost_usd"])), str(r["requests"]), str(r["errors"]),
+                 f"{r['tokens']:,}"]
+                for r in summary[view]["rows"]
+            ]  # fmt: skip
+        assert sorted(row[0] for row in table("end-users-table")) == ["alice", "bob", "carol"]
+
+        latency_rows = table("latency-table")
+        assert [(r[0], r[1], r[3]) for r in latency_rows] == [
+            (m["model"], str(m["requests"]), str(m["streams"])) for m in summary["latency_by_model"]["models"]
+        ]
+        assert all(r[2].endswith(("ms", " s")) for r in latency_rows)
+        # One point per model in today's bucket; TTFT only for the models that streamed.
+        models = len(summary["latency_by_model"]["models"])
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#chart-latency circle.point")) == models
+        streamed = sum(1 for m in summary["latency_by_model"]["models"] if m["streams"])
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#chart-ttft circle.point")) == streamed == 2
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#legend-ttft li")) == 2
+
+        assert table("errors-table") == [
+            [e["error_type"], str(e["requests"]), ", ".join(f"{s} × {n}" for s, n in e["statuses"].items())]
+            for e in summary["errors"]
+        ]
+        assert table("errors-table")[0][2] == "404 × 1"
+
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+        _full_page_screenshot(driver, ARTIFACTS / "dashboard-ops.png")
     finally:
         driver.quit()

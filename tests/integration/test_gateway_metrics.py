@@ -265,7 +265,7 @@ async def test_metrics_count_known_traffic_exactly_across_two_workers(setup: Set
         "tokens_per_day": float(expected.rejected_teams["tight"])
     }
     assert total(samples, "tollway_budget_rejections_total") == expected.rejected_teams["tight"]
-    assert total(samples, "tollway_budget_limit", team="tight", window="tokens_per_day") == 10
+    assert total(samples, "tollway_budget_limit_tokens", team="tight", window="tokens_per_day") == 10
     assert total(samples, "tollway_requests_in_flight") == 0
 
     # Whichever worker answered, every scrape says the same.

@@ -37,7 +37,8 @@ def exported() -> set[str]:
             request_id="r", team_id="t", key_id="k", client_format="anthropic", requested_model="auto",
             served_model="m", input_tokens=1, output_tokens=1, cache_write_5m_tokens=1, cache_read_tokens=1,
             cost_usd=Decimal("0.2"), uncached_cost_usd=Decimal("0.1"), latency_ms=1.0, ttft_ms=1.0,
-            status=500, error_type="api_error",
+            status=500, error_type="api_error", end_user="user-1",
+            route_reason="route=auto task=chat src=classifier tier>=small p=0.50/0.90 cheapest",
         ),
         team_name="t", route="auto", upstream_s=0.1, ttft_s=0.1,
     )  # fmt: skip
@@ -51,6 +52,8 @@ def exported() -> set[str]:
     metrics.observe_inter_event(0.01, "anthropic")
     metrics.budget_rejected("t", "tokens_per_day")
     metrics.set_budget_remaining("t", "tokens_per_day", 1.0, limit=2.0)
+    metrics.set_budget_remaining("t", "requests_per_minute", 1.0, limit=2.0)
+    metrics.set_budget_remaining("t", "usd_per_day", 1.0, limit=2.0)
     metrics.response_cache(hit=True)
     metrics.retry("p", "m")
     metrics.fallback("m", "n")
@@ -145,6 +148,13 @@ def test_dashboard_covers_what_ops_watch() -> None:
         "fallbacks",
         "in flight",
         "ledger",
+        "routing mix",
+        "served tier",
+        "route reasons",
+        "latency p99 by model",
+        "time to first token p50 by model",
+        "keys and end users",
+        "process cpu and memory",
     ):
         assert topic in titles, f"no panel for {topic!r}"
 
@@ -201,8 +211,9 @@ def test_alerts_cover_budgets_errors_latency_and_the_ledger() -> None:
     for rule in rules():
         for name, _ in selectors(rule["expr"]):
             by_metric.setdefault(str(name), []).append(rule["expr"])
-    budget_exprs = " ".join(by_metric["tollway_budget_remaining"])
-    assert ">= 0.8" in budget_exprs and ">= 1" in budget_exprs  # 80 % and 100 % of a budget
+    for unit in ("tokens", "usd"):  # 80 % and 100 % of a token and a USD budget
+        budget_exprs = " ".join(by_metric[f"tollway_budget_remaining_{unit}"])
+        assert ">= 0.8" in budget_exprs and ">= 1" in budget_exprs
     assert any('status_class="5xx"' in e for e in by_metric["tollway_requests_total"])
     assert any("histogram_quantile(0.99" in e for e in by_metric["tollway_request_duration_seconds_bucket"])
     assert "tollway_ledger_queue_depth" in by_metric and "tollway_ledger_spool_events" in by_metric

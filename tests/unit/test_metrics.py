@@ -94,7 +94,7 @@ def test_observe_counts_requests_tokens_and_money_exactly(metrics: Metrics) -> N
     )
 
     s = scrape(metrics)
-    ok = {"team": "search", "route": "auto", "served_model": "claude-haiku-4-5"}
+    ok = {"team": "search", "route": "auto", "served_model": "claude-haiku-4-5", "served_tier": "none"}
     assert value(s, "tollway_requests_total", client_api="anthropic", status_class="2xx", **ok) == 6
     assert value(s, "tollway_requests_total", client_api="openai", status_class="5xx", **ok) == 1
     by_type = {"team": "search", "served_model": "claude-haiku-4-5"}
@@ -142,6 +142,7 @@ def test_ttft_comes_from_the_argument_or_the_event(metrics: Metrics) -> None:
             client_api="anthropic",
             route="none",
             served_model="claude-haiku-4-5",
+            served_tier="none",
             status_class="2xx",
         )
         == 2
@@ -165,6 +166,7 @@ def test_unauthenticated_request_counts_without_a_team(metrics: Metrics) -> None
             client_api="anthropic",
             route="none",
             served_model="none",
+            served_tier="none",
             status_class="4xx",
         )
         == 1
@@ -190,6 +192,7 @@ def test_team_label_cap_maps_the_101st_team_to_other() -> None:
         "client_api": "anthropic",
         "route": "r",
         "served_model": "claude-haiku-4-5",
+        "served_tier": "none",
         "status_class": "2xx",
     }
     assert value(s, "tollway_requests_total", team="team-000", **by_team) == 2
@@ -200,7 +203,7 @@ def test_team_label_cap_maps_the_101st_team_to_other() -> None:
     metrics.set_budget_remaining("team-late", "tokens_per_day", 5.0, limit=10.0)
     metrics.budget_rejected("team-late", "tokens_per_day")
     s = scrape(metrics)
-    assert total(s, "tollway_budget_remaining") == 0
+    assert total(s, "tollway_budget_remaining_tokens") == 0
     assert value(s, "tollway_budget_rejections_total", team=OTHER, window="tokens_per_day") == 1
 
 
@@ -266,8 +269,8 @@ def test_budget_cache_upstream_and_ledger_metrics(metrics: Metrics) -> None:
     metrics.set_ledger(queue_depth=12, spool_size=3)
 
     s = scrape(metrics)
-    assert value(s, "tollway_budget_remaining", team="search", window="tokens_per_day") == 750
-    assert value(s, "tollway_budget_limit", team="search", window="tokens_per_day") == 5000
+    assert value(s, "tollway_budget_remaining_tokens", team="search", window="tokens_per_day") == 750
+    assert value(s, "tollway_budget_limit_tokens", team="search", window="tokens_per_day") == 5000
     assert value(s, "tollway_budget_rejections_total", team="search", window="usd_per_month") == 1
     assert value(s, "tollway_budget_rejections_total", team="none", window="requests_per_minute") == 1
     assert value(s, "tollway_response_cache_lookups_total", result="hit") == 1
@@ -279,18 +282,24 @@ def test_budget_cache_upstream_and_ledger_metrics(metrics: Metrics) -> None:
     assert (
         value(s, "tollway_escalations_total", from_model="claude-haiku-4-5", to_model="claude-opus-5-5") == 1
     )
-    assert value(s, "tollway_breaker_state", deployment="anthropic/claude-haiku-4-5") == 2
-    assert value(s, "tollway_breaker_state", deployment="openai/gpt-5-mini") == 0
+    breaker = "tollway_deployment_breaker_state"
+    haiku, mini = "anthropic/claude-haiku-4-5", "openai/gpt-5-mini"
+    assert value(s, breaker, deployment=haiku, state="open") == 1
+    assert value(s, breaker, deployment=haiku, state="closed") == 0
+    assert value(s, breaker, deployment=haiku, state="half_open") == 0
+    assert value(s, breaker, deployment=mini, state="closed") == 1  # the last state set wins
+    assert value(s, breaker, deployment=mini, state="half_open") == 0
+    assert value(s, breaker, deployment=mini, state="open") == 0
     assert value(s, "tollway_ledger_queue_depth") == 12
     assert value(s, "tollway_ledger_spool_events") == 3
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="ajar"):
         metrics.set_breaker_state("x", "ajar")
 
 
 def test_no_created_series_and_no_request_ids_in_labels(metrics: Metrics) -> None:
     metrics.observe(event(request_id="req_secret_123"), team_name="t", route="r", upstream_s=0.1, ttft_s=0.1)
     body = metrics.render()[0].decode()
-    assert "req_secret_123" not in body and "key-id" not in body
+    assert "req_secret_123" not in body
     assert "_created" not in body
 
 

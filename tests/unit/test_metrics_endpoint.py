@@ -72,7 +72,7 @@ async def test_pull_gauges_are_refreshed_before_rendering() -> None:
         second = await c.get("/metrics")
     assert calls == ["async", "async"]
     assert "tollway_ledger_queue_depth 20.0" in second.text
-    assert 'tollway_budget_remaining{team="search",window="tokens_per_day"} 42.0' in second.text
+    assert 'tollway_budget_remaining_tokens{team="search",window="tokens_per_day"} 42.0' in second.text
 
     def sync_refresh() -> None:
         metrics.set_ledger(queue_depth=7, spool_size=1)

@@ -116,6 +116,7 @@ def test_two_processes_sum_exactly_in_one_render(tmp_path: Path) -> None:
             "client_api": "anthropic",
             "route": "auto",
             "served_model": "claude-haiku-4-5",
+            "served_tier": "none",
         }
         assert value(s, "tollway_requests_total", status_class="2xx", **labels) == 7 + 5
         tokens = {"team": "search", "served_model": "claude-haiku-4-5"}
@@ -130,11 +131,13 @@ def test_two_processes_sum_exactly_in_one_render(tmp_path: Path) -> None:
         # Gauges combine per their mode: in flight and queue add up, the breaker is the worst view,
         # the shared spool is not double counted, the budget is the latest refresh.
         assert value(s, "tollway_requests_in_flight", client_api="anthropic") == 3 + 2
-        assert value(s, "tollway_breaker_state", deployment="anthropic/claude-haiku-4-5") == 2
+        breaker = {"deployment": "anthropic/claude-haiku-4-5"}
+        assert value(s, "tollway_deployment_breaker_state", state="open", **breaker) == 1
+        assert value(s, "tollway_deployment_breaker_state", state="closed", **breaker) == 1  # the other one
         assert value(s, "tollway_ledger_queue_depth") == 4 + 6
         assert value(s, "tollway_ledger_spool_events") == 9
-        assert value(s, "tollway_budget_remaining", team="search", window="tokens_per_day") == 550
-        assert value(s, "tollway_budget_limit", team="search", window="tokens_per_day") == 1000
+        assert value(s, "tollway_budget_remaining_tokens", team="search", window="tokens_per_day") == 550
+        assert value(s, "tollway_budget_limit_tokens", team="search", window="tokens_per_day") == 1000
     finally:
         for proc in workers:
             stop_worker(proc)
@@ -143,7 +146,7 @@ def test_two_processes_sum_exactly_in_one_render(tmp_path: Path) -> None:
     # counted stays (counters never go back).
     s = scrape(reader)
     assert total(s, "tollway_requests_in_flight") == 0
-    assert total(s, "tollway_breaker_state") == 0
+    assert total(s, "tollway_deployment_breaker_state") == 0
     assert total(s, "tollway_ledger_queue_depth") == 0
     assert total(s, "tollway_requests_total") == 12
     assert total(s, "tollway_request_duration_seconds_count") == 12

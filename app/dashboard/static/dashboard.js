@@ -344,6 +344,152 @@
     }
   }
 
+  // Lines of mean milliseconds per bucket, one per model; a gap where a bucket had no request.
+  function lineChart(container, buckets, series, unit, emptyText) {
+    container.replaceChildren();
+    const width = Math.max(container.clientWidth || 600, 320);
+    const height = 220;
+    const m = { top: 10, right: 8, bottom: 26, left: 64 };
+    const plotW = width - m.left - m.right;
+    const plotH = height - m.top - m.bottom;
+    const n = buckets.length;
+    const values = series.flatMap((s) => s.values.filter((v) => v !== null));
+    const maxValue = Math.max(0, ...values);
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img" });
+    const step = maxValue > 0 ? niceStep(maxValue, 4) : 1;
+    const top = maxValue > 0 ? Math.ceil(maxValue / step - 1e-9) * step : 4;
+    for (let v = 0; v <= top + step / 2; v += step) {
+      const y = m.top + plotH - (v / top) * plotH;
+      chart.append(svg("line", { x1: m.left, x2: width - m.right, y1: y, y2: y, class: v === 0 ? "axis" : "grid" }));
+      chart.append(svg("text", { x: m.left - 8, y: y + 4, "text-anchor": "end" }, fmtMs(v)));
+    }
+    const slot = plotW / n;
+    const xOf = (i) => m.left + slot * i + slot / 2;
+    const yOf = (v) => m.top + plotH - (v / top) * plotH;
+    const labelEvery = Math.max(1, Math.ceil(n / Math.max(1, Math.floor(plotW / 64))));
+    buckets.forEach((bucket, i) => {
+      if (i % labelEvery === 0) chart.append(svg("text", { x: xOf(i), y: height - 8, "text-anchor": "middle" }, fmtBucket(bucket, unit)));
+    });
+    series.forEach((s) => {
+      const color = s.color;
+      let path = "";
+      let open = false;
+      s.values.forEach((v, i) => {
+        if (v === null) {
+          open = false;
+          return;
+        }
+        path += (open ? " L" : " M") + xOf(i).toFixed(1) + " " + yOf(v).toFixed(1);
+        open = true;
+        const dot = svg("circle", { cx: xOf(i), cy: yOf(v), r: 3, fill: color, class: "point" });
+        dot.append(svg("title", {}, `${s.label} · ${fmtBucketLong(buckets[i], unit)}: ${fmtMs(v)}`));
+        chart.append(dot);
+      });
+      if (path) chart.insertBefore(svg("path", { d: path.trim(), fill: "none", stroke: color, "stroke-width": 2, class: "line" }), chart.firstChild);
+    });
+    if (values.length === 0) {
+      chart.append(svg("text", { x: m.left + plotW / 2, y: m.top + plotH / 2, "text-anchor": "middle", class: "empty" }, emptyText));
+    }
+    container.append(chart);
+  }
+
+  function lineLegend(list, series, total) {
+    list.replaceChildren();
+    series.forEach((s) => {
+      const item = el("li");
+      item.append(swatch(s.color), el("span", {}, s.label), el("span", { class: "amount" }, total(s)));
+      list.append(item);
+    });
+  }
+
+  function renderLatencyCharts(summary) {
+    const data = summary.latency_by_model;
+    const unit = summary.unit === "hour" ? "per hour" : "per day";
+    setText("unit-latency", "mean, answered requests, " + unit);
+    setText("unit-ttft", "mean, streams, " + unit);
+    // A model keeps its colour in both charts.
+    const color = (m) => PALETTE[data.models.indexOf(m) % PALETTE.length];
+    const latency = data.models.map((m) => ({ label: m.model, values: m.latency_ms, color: color(m) }));
+    const streamed = data.models.filter((m) => m.streams > 0);
+    const ttft = streamed.map((m) => ({ label: m.model, values: m.ttft_ms, color: color(m) }));
+    lineChart(document.getElementById("chart-latency"), data.buckets, latency, summary.unit, "No answered requests in this range");
+    lineLegend(document.getElementById("legend-latency"), latency, (s) => fmtMs(data.models.find((m) => m.model === s.label).mean_latency_ms));
+    lineChart(document.getElementById("chart-ttft"), data.buckets, ttft, summary.unit, "No streams in this range");
+    lineLegend(document.getElementById("legend-ttft"), ttft, (s) => fmtMs(streamed.find((m) => m.model === s.label).mean_ttft_ms));
+  }
+
+  function countRows(tableId, rows, emptyText) {
+    const tbody = document.querySelector(`#${tableId} tbody`);
+    tbody.replaceChildren();
+    if (rows.length === 0) return emptyRow(tbody, 2, emptyText);
+    for (const [label, count] of rows) {
+      const row = el("tr");
+      row.append(el("td", { class: "team-name" }, label), el("td", { class: "num" }, fmtInt(count)));
+      tbody.append(row);
+    }
+  }
+
+  function renderRouting(routing) {
+    setText("routing-named", fmtInt(routing.named));
+    setText("routing-routed", fmtInt(routing.routed));
+    setText("routing-unrouted", fmtInt(routing.unrouted));
+    const escalations = routing.escalations || {};
+    setText("escalations-total", escalations.total === undefined ? "–" : fmtInt(escalations.total));
+    countRows("tiers-table", routing.by_tier.map((t) => [t.tier, t.requests]), "No requests in this range.");
+    countRows("routes-table", routing.by_route.map((r) => [r.route, r.requests]), "No routed requests in this range.");
+    const reasons = routing.reasons.map((r) => [r.reason, r.requests]);
+    if (routing.other_reasons > 0) reasons.push(["(other decisions)", routing.other_reasons]);
+    countRows("reasons-table", reasons, "No routed requests in this range.");
+  }
+
+  function renderLatencyTable(data) {
+    const tbody = document.querySelector("#latency-table tbody");
+    tbody.replaceChildren();
+    if (data.models.length === 0) return emptyRow(tbody, 5, "No answered requests in this range.");
+    for (const m of data.models) {
+      const row = el("tr");
+      row.append(
+        el("td", { class: "team-name" }, m.model),
+        el("td", { class: "num" }, fmtInt(m.requests)),
+        el("td", { class: "num" }, fmtMs(m.mean_latency_ms)),
+        el("td", { class: "num" }, fmtInt(m.streams)),
+        el("td", { class: "num" }, fmtMs(m.mean_ttft_ms)),
+      );
+      tbody.append(row);
+    }
+  }
+
+  function renderPrincipals(tableId, countId, data, noun) {
+    const tbody = document.querySelector(`#${tableId} tbody`);
+    tbody.replaceChildren();
+    const shown = data.rows.length;
+    setText(countId, data.count > shown ? `top ${shown} of ${fmtInt(data.count)} ${noun}, by spend` : `${fmtInt(data.count)} ${noun}`);
+    if (shown === 0) return emptyRow(tbody, 5, `No ${noun} in this range.`);
+    for (const r of data.rows) {
+      const row = el("tr", { "data-group": r.group });
+      row.append(
+        el("td", { class: "team-name" }, r.label),
+        el("td", { class: "num" }, fmtUSD(r.cost_usd)),
+        el("td", { class: "num" }, fmtInt(r.requests)),
+        el("td", { class: "num" }, fmtInt(r.errors)),
+        el("td", { class: "num" }, fmtInt(r.tokens)),
+      );
+      tbody.append(row);
+    }
+  }
+
+  function renderErrors(errors) {
+    const tbody = document.querySelector("#errors-table tbody");
+    tbody.replaceChildren();
+    if (errors.length === 0) return emptyRow(tbody, 3, "No errors in this range.");
+    for (const e of errors) {
+      const statuses = Object.entries(e.statuses).map(([status, n]) => `${status} × ${fmtInt(n)}`).join(", ");
+      const row = el("tr");
+      row.append(el("td", { class: "team-name" }, e.error_type), el("td", { class: "num" }, fmtInt(e.requests)), el("td", {}, statuses));
+      tbody.append(row);
+    }
+  }
+
   function renderCharts(summary) {
     const unitText = summary.unit === "hour" ? "USD per hour" : "USD per day";
     setText("unit-team", unitText);
@@ -352,6 +498,7 @@
     legend(document.getElementById("legend-team"), summary.spend_by_team);
     stackedBars(document.getElementById("chart-model"), summary.spend_by_model, summary.unit);
     legend(document.getElementById("legend-model"), summary.spend_by_model);
+    renderLatencyCharts(summary);
   }
 
   function render(summary) {
@@ -362,6 +509,11 @@
     renderStatuses(summary.statuses);
     renderTeams(summary.teams);
     renderModels(summary.models);
+    renderRouting(summary.routing);
+    renderLatencyTable(summary.latency_by_model);
+    renderPrincipals("keys-table", "keys-count", summary.keys, "keys");
+    renderPrincipals("end-users-table", "end-users-count", summary.end_users, "end users");
+    renderErrors(summary.errors);
     setText("updated", "Updated " + summary.generated_at.slice(11, 19) + " UTC");
     document.getElementById("dashboard").setAttribute("aria-busy", "false");
   }
