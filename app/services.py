@@ -140,7 +140,10 @@ async def build_services(settings: Settings, catalog: Catalog) -> Services:
     )
     teams = TeamStore(engine)
     await seed_teams(settings, catalog, teams)
-    metrics = Metrics(team_label_cap=settings.metrics_team_label_cap)
+    metrics = Metrics(
+        team_label_cap=settings.metrics_team_label_cap,
+        model_tiers={name: model.tier for name, model in catalog.models.items()},
+    )
     recorder = Recorder(
         engine,
         batch_size=settings.ledger_batch_size,

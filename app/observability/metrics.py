@@ -356,6 +356,16 @@ class Metrics:
             # The spool is shared by the workers of one machine: each sees the same backlog.
             multiprocess_mode="livemax",
         )
+        # Provider usage Tollway recorded as billed but distrusts (over_reservation: more output than
+        # was reserved for; the ledger row carries the same flag). Bounded: a handful of flag names.
+        self.usage_flags = _Family(
+            Counter(
+                "tollway_usage_flags",
+                "Requests whose provider usage was recorded as billed but flagged, by flag.",
+                ["model", "flag"],
+                registry=r,
+            )
+        )
         self.ledger_dead_letter_rows = Counter(
             "tollway_ledger_dead_letter_rows",
             "Usage events the database refused even after escaping, kept in the dead letters "
@@ -398,6 +408,8 @@ class Metrics:
             reason = self._route_reason(route_reason_key(event.route_reason))
             self.route_reasons.child(route or NONE, reason).inc()
         self._observe_principal(event)
+        if event.usage_flag:
+            self.usage_flags.child(model, event.usage_flag).inc()
 
         tokens = self.tokens
         if event.input_tokens:

@@ -73,6 +73,9 @@ MALFORMED: dict[str, Any] = {
 class Hostile(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        if request.get("stream"):
+            self.overrun(request)
+            return
         # Which wrong shape to send: the request's last user message names it.
         content = request["messages"][-1]["content"]
         shape = content if isinstance(content, str) else content[0]["text"]
@@ -82,6 +85,51 @@ class Hostile(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def overrun(self, request: dict[str, Any]) -> None:
+        """A stream that ignores max_tokens: 2,000 deltas of 40 characters, then a stop it never reaches
+        in time."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+
+        def event(name: str, data: dict[str, Any]) -> None:
+            self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+
+        message = {
+            "id": "msg_x",
+            "type": "message",
+            "role": "assistant",
+            "model": request["model"],
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 5, "output_tokens": 1},
+        }
+        try:
+            event("message_start", {"type": "message_start", "message": message})
+            event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
+            for _ in range(2000):
+                event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": "x" * 39 + " "},
+                    },
+                )
+                self.wfile.flush()
+            event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            event(
+                "message_delta",
+                {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 20000}},
+            )
+            event("message_stop", {"type": "message_stop"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the gateway cut us off: that is the point
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -163,3 +211,29 @@ def test_a_wrongly_shaped_reply_is_a_502_settled_and_recorded(gateway: Gateway, 
     me = httpx.get(f"{gateway.url}/v1/me", headers={"authorization": f"Bearer {key}"}, timeout=10).json()
     windows = json.dumps(me)
     assert '"reserved": 0' in windows or '"reserved": "0"' in windows, windows
+
+
+def test_a_stream_the_provider_runs_past_max_tokens_is_cut_there_and_flagged(gateway: Gateway) -> None:
+    key = gateway.metered_key  # type: ignore[attr-defined]
+    body = {
+        "model": "claude-haiku-5-5",
+        "max_tokens": 20,
+        "stream": True,
+        "messages": [{"role": "user", "content": "go"}],
+    }
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{gateway.url}/v1/messages", headers=headers, json=body, timeout=30) as response:
+        assert response.status_code == 200
+        request_id = response.headers["request-id"]
+        text = b"".join(response.iter_bytes()).decode()
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    deltas = [e for e in events if e["type"] == "content_block_delta"]
+    assert 0 < len(deltas) < 20, "cut near the cap, long before the provider's 2,000 deltas"
+    stop = [e for e in events if e["type"] == "message_delta"]
+    assert stop and stop[-1]["delta"]["stop_reason"] == "max_tokens"
+    assert events[-1]["type"] == "message_stop"
+
+    row = ledger_row(gateway, request_id)
+    assert row["status"] == 200 and row["usage_flag"] == "over_reservation" and row["stop_reason"] == "max_tokens"
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert 'tollway_usage_flags_total{flag="over_reservation",model="claude-haiku-5-5"}' in metrics
