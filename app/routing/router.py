@@ -16,7 +16,8 @@ task tier, priced for this request, and the adequate ones are returned cheapest 
 3. *Hard constraints* (``Candidate.verdicts``): ``context`` (estimated input tokens + output budget ≤
    context window — the calibrated estimate, not the byte upper bound, which overstates 3-4x),
    ``max_output`` (``max_tokens`` ≤ the model's maximum output), ``tools``, ``vision``,
-   ``documents``, ``structured_output``, ``team_allowed``, ``tier`` and ``healthy`` (some deployment
+   ``documents``, ``structured_output``, ``logprobs`` (asked for, and the model returns them),
+   ``team_allowed``, ``tier`` and ``healthy`` (some deployment
    is not cooling down).
 4. *Expected cost* (``app.ledger.pricing.expected_cost``): estimated input tokens, of which the
    likely cached prefix is priced as a cache read; output = the task's typical length
@@ -82,12 +83,14 @@ CONSTRAINTS: tuple[str, ...] = (
     "vision",
     "documents",
     "structured_output",
+    "logprobs",
     "team_allowed",
     "tier",
     "healthy",
 )
 # Constraints that belong to the request itself: a concrete model failing one is a 400.
-_REQUEST_CONSTRAINTS = ("context", "max_output", "tools", "vision", "documents", "structured_output")
+_REQUEST_CONSTRAINTS = ("context", "max_output", "tools", "vision", "documents", "structured_output", "logprobs")
+NO_LOGPROBS = "does not return logprobs"
 
 
 class RouteError(Exception):
@@ -95,12 +98,21 @@ class RouteError(Exception):
     team, 400 no adequate model (the message says why, per candidate), 503 every adequate model is
     cooling down (``retry_after_s`` says when one comes back)."""
 
-    def __init__(self, status: int, kind: str, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
         self.message = message
         self.retry_after_s = retry_after_s
+        self.param = param  # the request parameter at fault, when one is (OpenAI's error.param)
 
 
 @dataclass(slots=True)
@@ -437,6 +449,8 @@ class Router:
                 f"model {req.model} is temporarily unavailable (upstream failures); retry later",
                 retry_after_s=self.health.retry_after_s(name),
             )
+        if "logprobs" in candidate.failures:
+            return plan, self._logprobs_refused(f"model {req.model} does not return them")
         return plan, RouteError(
             400, "invalid_request", f"model {req.model} cannot serve this request: " + "; ".join(failures)
         )
@@ -593,7 +607,18 @@ class Router:
         why = "; ".join(
             f"{c.name}: " + ", ".join(f"{k} {v}" for k, v in c.verdicts.items() if v != VERDICT_OK) for c in rejected
         )
+        if rejected and all("logprobs" in c.failures for c in rejected):
+            return self._logprobs_refused(f"no model of route {route_name} returns them", why)
         return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}")
+
+    def _logprobs_refused(self, what: str, why: str | None = None) -> RouteError:
+        """A 400 naming ``logprobs``, rather than forwarding the request and answering ``logprobs: null``."""
+        able = sorted(n for n, m in self.catalog.models.items() if m.capabilities.logprobs)
+        message = f"logprobs: {what} (Claude models and reasoning models never do); "
+        message += f"models that do: {', '.join(able)}" if able else "no model in this catalog does"
+        if why:
+            message += f". Candidates: {why}"
+        return RouteError(400, "invalid_request", message, param="logprobs")
 
     def _min_tier(
         self, needed: str, route: RouteConfig, policy: TeamPolicy, budget_share_used: float | None
@@ -660,6 +685,8 @@ class Router:
             failures["documents"] = "no document input"
         if shape.structured and not caps.structured_output:
             failures["structured_output"] = "no structured output"
+        if req.logprobs and not caps.logprobs:
+            failures["logprobs"] = NO_LOGPROBS
         if allowed_models is not None and name not in allowed_models:
             failures["team_allowed"] = "not in the team's allowed models"
         if min_tier is not None:
