@@ -17,6 +17,7 @@ task tier, priced for this request, and the adequate ones are returned cheapest 
    context window — the calibrated estimate, not the byte upper bound, which overstates 3-4x),
    ``max_output`` (``max_tokens`` ≤ the model's maximum output), ``tools``, ``vision``,
    ``documents``, ``structured_output``, ``logprobs`` (asked for, and the model returns them),
+   ``parameters`` (no parameter the model's upstream format would lose: ``app.wire.parameters``),
    ``team_allowed``, ``tier`` and ``healthy`` (some deployment
    is not cooling down).
 4. *Expected cost* (``app.ledger.pricing.expected_cost``): estimated input tokens, of which the
@@ -54,6 +55,7 @@ from app.routing.features import FeatureExtractor
 from app.routing.health import DeploymentHealth
 from app.routing.model import DEFAULT_QUALITY, QUALITY_THRESHOLDS, ModelFileError, TierEstimate, TierModel
 from app.tokens import BYTES_PER_TOKEN_ESTIMATE, PER_BLOCK_OVERHEAD, block_bytes, request_bytes
+from app.wire.parameters import UpstreamKind, unsupported
 
 log = logging.getLogger("tollway.routing")
 
@@ -84,12 +86,22 @@ CONSTRAINTS: tuple[str, ...] = (
     "documents",
     "structured_output",
     "logprobs",
+    "parameters",
     "team_allowed",
     "tier",
     "healthy",
 )
 # Constraints that belong to the request itself: a concrete model failing one is a 400.
-_REQUEST_CONSTRAINTS = ("context", "max_output", "tools", "vision", "documents", "structured_output", "logprobs")
+_REQUEST_CONSTRAINTS = (
+    "context",
+    "max_output",
+    "tools",
+    "vision",
+    "documents",
+    "structured_output",
+    "logprobs",
+    "parameters",
+)
 NO_LOGPROBS = "does not return logprobs"
 
 
@@ -123,6 +135,7 @@ class Candidate:
     failures: dict[str, str]  # constraint → why it failed (the others are "ok")
     expected_output_tokens: int = 0
     cached_tokens: int = 0
+    refused_parameters: dict[str, str] = field(default_factory=dict)  # parameter → why (``parameters``)
 
     @property
     def tier(self) -> str:
@@ -299,6 +312,11 @@ class Router:
             self.tier_model, self.features = None, None
         for name, model in catalog.models.items():
             health.register(name, model.all_deployments(name))
+        # The wire formats a model's deployments speak (a parameter must survive every one of them).
+        self._kinds: dict[str, tuple[UpstreamKind, ...]] = {
+            name: tuple(sorted({catalog.providers[d.provider].kind for d in model.all_deployments(name)}))
+            for name, model in catalog.models.items()
+        }
         self._aliases: dict[str, tuple[str, ...]] = {
             name: (name, *model.aliases) for name, model in catalog.models.items()
         }
@@ -451,6 +469,10 @@ class Router:
             )
         if "logprobs" in candidate.failures:
             return plan, self._logprobs_refused(f"model {req.model} does not return them")
+        if candidate.refused_parameters:
+            param, why = next(iter(candidate.refused_parameters.items()))
+            message = f"{param}: not supported by model {req.model} ({why})"
+            return plan, RouteError(400, "invalid_request", message, param=param)
         return plan, RouteError(
             400, "invalid_request", f"model {req.model} cannot serve this request: " + "; ".join(failures)
         )
@@ -609,6 +631,9 @@ class Router:
         )
         if rejected and all("logprobs" in c.failures for c in rejected):
             return self._logprobs_refused(f"no model of route {route_name} returns them", why)
+        if rejected and all(c.refused_parameters for c in rejected):
+            param = next(iter(rejected[0].refused_parameters))
+            return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}", param=param)
         return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}")
 
     def _logprobs_refused(self, what: str, why: str | None = None) -> RouteError:
@@ -687,6 +712,9 @@ class Router:
             failures["structured_output"] = "no structured output"
         if req.logprobs and not caps.logprobs:
             failures["logprobs"] = NO_LOGPROBS
+        refused = self._refused_parameters(req, name, model)
+        if refused:
+            failures["parameters"] = "; ".join(f"{p}: {why}" for p, why in refused.items())
         if allowed_models is not None and name not in allowed_models:
             failures["team_allowed"] = "not in the team's allowed models"
         if min_tier is not None:
@@ -710,7 +738,15 @@ class Router:
             failures=failures,
             expected_output_tokens=output,
             cached_tokens=cached,
+            refused_parameters=refused,
         )
+
+    def _refused_parameters(self, req: ChatRequest, name: str, model: ModelConfig) -> dict[str, str]:
+        """What an upstream of any of the model's deployments would lose (``app.wire.parameters``)."""
+        refused: dict[str, str] = {}
+        for kind in self._kinds[name]:
+            refused.update(unsupported(req, kind, sampling=model.sampling))
+        return refused
 
     @staticmethod
     def _cached_tokens(shape: _RequestShape, model: ModelConfig, policy: TeamPolicy) -> int:

@@ -166,6 +166,8 @@ def build_request(
             del body["metadata"]
         if isinstance(req.metadata.get("user_id"), str):
             body["user"] = req.metadata["user_id"]
+    elif req.metadata and isinstance(req.metadata.get("user_id"), str):
+        body["user"] = req.metadata["user_id"]  # Anthropic's end-user id is OpenAI's ``user``
     if req.client_format == "openai":
         body.update(req.extra)  # unknown fields pass through to the same format
     return body
