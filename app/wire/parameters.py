@@ -16,6 +16,20 @@ from app.domain import ChatRequest
 
 UpstreamKind = Literal["anthropic", "openai"]
 OPENAI_MAX_STOP = 4  # Chat Completions accepts at most four stop sequences
+# The pass-through fields checked below (most requests carry none: one set test rules them out).
+_OPENAI_ONLY = frozenset(
+    {
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "functions",
+        "function_call",
+        "modalities",
+        "audio",
+        "web_search_options",
+    }
+)
+_ANTHROPIC_ONLY = frozenset({"mcp_servers", "container"})
 
 
 def _set(value: Any) -> bool:
@@ -26,6 +40,8 @@ def _set(value: Any) -> bool:
 def _openai_only_fields(extra: dict[str, Any]) -> dict[str, str]:
     """OpenAI request fields with no Anthropic equivalent that change the answer."""
     refused: dict[str, str] = {}
+    if extra.keys().isdisjoint(_OPENAI_ONLY):
+        return refused
     for name in ("frequency_penalty", "presence_penalty"):
         if _set(extra.get(name)):
             refused[name] = "Anthropic models have no repetition penalties"
@@ -47,8 +63,8 @@ def _anthropic_only_fields(req: ChatRequest, sampling: str) -> dict[str, str]:
     refused: dict[str, str] = {}
     if req.top_k is not None and sampling == "pass":
         refused["top_k"] = "OpenAI models have no top_k"
-    for name in ("mcp_servers", "container"):
-        if _set(req.extra.get(name)):
+    for name in _ANTHROPIC_ONLY.intersection(req.extra):
+        if _set(req.extra[name]):
             refused[name] = "MCP connectors and code-execution containers run only on Anthropic models"
     for i, tool in enumerate(req.tools):
         kind = tool.extra.get("type")
