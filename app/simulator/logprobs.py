@@ -12,7 +12,29 @@ from hashlib import blake2b
 from typing import Any
 
 # Alternatives offered in top_logprobs when the chosen token is not the only candidate.
-_ALTERNATIVES = (" the", " a", ",", ".", " and", " of", " to", " in", " is", " that")
+# Twenty, so top_logprobs up to its maximum of 20 is always filled even when the token is one of them.
+_ALTERNATIVES = (
+    " the",
+    " a",
+    ",",
+    ".",
+    " and",
+    " of",
+    " to",
+    " in",
+    " is",
+    " that",
+    " it",
+    " for",
+    " on",
+    " with",
+    " as",
+    " was",
+    " be",
+    " at",
+    " by",
+    " this",
+)
 
 
 def _unit(text: str, salt: int) -> float:
