@@ -631,10 +631,11 @@ class Router:
         )
         if rejected and all("logprobs" in c.failures for c in rejected):
             return self._logprobs_refused(f"no model of route {route_name} returns them", why)
-        if rejected and all(c.refused_parameters for c in rejected):
-            param = next(iter(rejected[0].refused_parameters))
-            return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}", param=param)
-        return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}")
+        # Other reasons too (a tier, a window): still name the parameter that ruled models out.
+        param = next((p for c in rejected for p in c.refused_parameters), None)
+        if any("logprobs" in c.failures for c in rejected):
+            param = "logprobs"
+        return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}", param=param)
 
     def _logprobs_refused(self, what: str, why: str | None = None) -> RouteError:
         """A 400 naming ``logprobs``, rather than forwarding the request and answering ``logprobs: null``."""

@@ -149,3 +149,14 @@ def test_the_response_cache_never_answers_a_logprobs_request() -> None:
     asked = parse_request(body(logprobs=True, temperature=0))
     assert decide(asked, policy, "use").lookup is False
     assert decide(parse_request(body(temperature=0)), policy, None).lookup is True
+
+
+def test_a_route_failing_on_tier_and_logprobs_still_names_logprobs() -> None:
+    data = catalog().model_dump(mode="json")
+    data["models"]["tiny"]["capabilities"]["logprobs"] = True
+    router = Router(Catalog.model_validate(data), DeploymentHealth(), tier_model=None)
+    with pytest.raises(RouteError) as info:  # floor: min_tier medium; tiny is small, mid and big lack logprobs
+        router.plan(request(model="floor", logprobs=True), principal())
+    assert info.value.status == 400 and info.value.param == "logprobs"
+    assert "tiny: tier small is below the minimum medium" in info.value.message
+    assert "mid: logprobs does not return logprobs" in info.value.message
