@@ -94,6 +94,9 @@ class Capabilities(_Strict):
     vision: bool = True
     documents: bool = True
     structured_output: bool = True
+    # Token log probabilities (Chat Completions ``logprobs``/``top_logprobs``): off unless the
+    # provider's docs say the model returns them (OpenAI's GPT-5 reasoning models and Claude do not).
+    logprobs: bool = False
 
 
 class Deployment(_Strict):

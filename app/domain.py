@@ -78,6 +78,10 @@ class ChatRequest:
     # Anthropic protocol headers the client sent (forwarded to Anthropic upstreams).
     anthropic_version: str | None = None
     anthropic_beta: str | None = None
+    # OpenAI Chat Completions clients only: token log probabilities, served by models whose catalog
+    # entry has capabilities.logprobs (the router refuses the others before any upstream call).
+    logprobs: bool = False
+    top_logprobs: int | None = None
 
 
 StopReason = str  # Anthropic vocabulary: end_turn, max_tokens, stop_sequence, tool_use, refusal, ...
@@ -118,6 +122,8 @@ class ChatResponse:
     # Provider fields Tollway does not interpret (stop_details, container ...), same-format only.
     extra: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
+    # The upstream choice's ``logprobs`` object ({"content": [...], "refusal": ...}), when asked for.
+    logprobs: dict[str, Any] | None = None
 
 
 # ---- Streaming -------------------------------------------------------------------------------------
@@ -137,6 +143,8 @@ class StreamEvent:
     type: str
     data: dict[str, Any]
     raw: bytes | None = None
+    # The upstream chunk's ``logprobs`` object for the text this event carries (OpenAI upstreams only).
+    logprobs: dict[str, Any] | None = None
 
 
 # Canonical events → one client format's SSE bytes (b"" to send nothing for an event).

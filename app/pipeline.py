@@ -507,7 +507,7 @@ def bearer_or_api_key(headers: Mapping[str, str]) -> str | None:
 
 def route_error(err: RouteError) -> GatewayError:
     headers = {"retry-after": retry_after_value(err.retry_after_s)} if err.retry_after_s else {}
-    return GatewayError(err.kind, err.message, status=err.status, headers=headers)  # type: ignore[arg-type]
+    return GatewayError(err.kind, err.message, status=err.status, param=err.param, headers=headers)  # type: ignore[arg-type]
 
 
 def browser_budget_exceeded(err: LifetimeBudgetExceeded) -> GatewayError:

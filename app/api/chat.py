@@ -21,7 +21,7 @@ from app.context import new_request_id
 from app.domain import ClientFormat
 from app.errors import GatewayError
 from app.exchange import Inbound, Outcome
-from app.pipeline import Pipeline, parse
+from app.pipeline import Pipeline, parse, route_error
 from app.routing.router import RouteError
 from app.tokens import estimate_tokens
 from app.wire.codec import codec_for
@@ -118,7 +118,7 @@ async def count_tokens(request: Request) -> Response:
         try:
             plan = pipeline.router.plan(chat, principal)
         except RouteError as err:
-            raise GatewayError(err.kind, err.message, status=err.status) from err  # type: ignore[arg-type]
+            raise route_error(err) from err
         candidate = plan.candidates[0]
         deployment = candidate.model.all_deployments(candidate.name)[0]
         provider = pipeline.dispatcher.providers.get(deployment.provider)

@@ -14,7 +14,7 @@ from app.api.chat import inbound
 from app.api.errors import error_response
 from app.domain import ClientFormat
 from app.errors import GatewayError
-from app.pipeline import Pipeline, parse
+from app.pipeline import Pipeline, parse, route_error
 from app.routing.router import RouteError
 from app.wire.codec import codec_for
 
@@ -40,5 +40,5 @@ async def explain(request: Request) -> Response:
     except GatewayError as err:
         return error_response(err, fmt)
     except RouteError as err:
-        return error_response(GatewayError(err.kind, err.message, status=err.status), fmt)  # type: ignore[arg-type]
+        return error_response(route_error(err), fmt)
     return Response(orjson.dumps(result), media_type="application/json")

@@ -73,6 +73,9 @@ def decide(req: ChatRequest, policy: TeamPolicy, header: str | None) -> CacheDec
         return CacheDecision(lookup=False, store=False, reason="bypass header")
     if _asks_for_several_answers(req):
         return CacheDecision(lookup=False, store=False, reason="several answers requested (n > 1)")
+    if req.logprobs:
+        # A cached answer keeps no logprobs (streams are cached as text): never answer them with null.
+        return CacheDecision(lookup=False, store=False, reason="logprobs requested")
     if mode == "refresh":
         return CacheDecision(lookup=False, store=True, reason="refresh header")
     if mode == "use":

@@ -16,7 +16,9 @@ task tier, priced for this request, and the adequate ones are returned cheapest 
 3. *Hard constraints* (``Candidate.verdicts``): ``context`` (estimated input tokens + output budget ≤
    context window — the calibrated estimate, not the byte upper bound, which overstates 3-4x),
    ``max_output`` (``max_tokens`` ≤ the model's maximum output), ``tools``, ``vision``,
-   ``documents``, ``structured_output``, ``team_allowed``, ``tier`` and ``healthy`` (some deployment
+   ``documents``, ``structured_output``, ``logprobs`` (asked for, and the model returns them),
+   ``parameters`` (no parameter the model's upstream format would lose: ``app.wire.parameters``),
+   ``team_allowed``, ``tier`` and ``healthy`` (some deployment
    is not cooling down).
 4. *Expected cost* (``app.ledger.pricing.expected_cost``): estimated input tokens, of which the
    likely cached prefix is priced as a cache read; output = the task's typical length
@@ -53,6 +55,7 @@ from app.routing.features import FeatureExtractor
 from app.routing.health import DeploymentHealth
 from app.routing.model import DEFAULT_QUALITY, QUALITY_THRESHOLDS, ModelFileError, TierEstimate, TierModel
 from app.tokens import BYTES_PER_TOKEN_ESTIMATE, PER_BLOCK_OVERHEAD, block_bytes, request_bytes
+from app.wire.parameters import UpstreamKind, unsupported
 
 log = logging.getLogger("tollway.routing")
 
@@ -82,12 +85,24 @@ CONSTRAINTS: tuple[str, ...] = (
     "vision",
     "documents",
     "structured_output",
+    "logprobs",
+    "parameters",
     "team_allowed",
     "tier",
     "healthy",
 )
 # Constraints that belong to the request itself: a concrete model failing one is a 400.
-_REQUEST_CONSTRAINTS = ("context", "max_output", "tools", "vision", "documents", "structured_output")
+_REQUEST_CONSTRAINTS = (
+    "context",
+    "max_output",
+    "tools",
+    "vision",
+    "documents",
+    "structured_output",
+    "logprobs",
+    "parameters",
+)
+NO_LOGPROBS = "does not return logprobs"
 
 
 class RouteError(Exception):
@@ -95,12 +110,21 @@ class RouteError(Exception):
     team, 400 no adequate model (the message says why, per candidate), 503 every adequate model is
     cooling down (``retry_after_s`` says when one comes back)."""
 
-    def __init__(self, status: int, kind: str, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
         self.message = message
         self.retry_after_s = retry_after_s
+        self.param = param  # the request parameter at fault, when one is (OpenAI's error.param)
 
 
 @dataclass(slots=True)
@@ -111,6 +135,7 @@ class Candidate:
     failures: dict[str, str]  # constraint → why it failed (the others are "ok")
     expected_output_tokens: int = 0
     cached_tokens: int = 0
+    refused_parameters: dict[str, str] = field(default_factory=dict)  # parameter → why (``parameters``)
 
     @property
     def tier(self) -> str:
@@ -287,6 +312,11 @@ class Router:
             self.tier_model, self.features = None, None
         for name, model in catalog.models.items():
             health.register(name, model.all_deployments(name))
+        # The wire formats a model's deployments speak (a parameter must survive every one of them).
+        self._kinds: dict[str, tuple[UpstreamKind, ...]] = {
+            name: tuple(sorted({catalog.providers[d.provider].kind for d in model.all_deployments(name)}))
+            for name, model in catalog.models.items()
+        }
         self._aliases: dict[str, tuple[str, ...]] = {
             name: (name, *model.aliases) for name, model in catalog.models.items()
         }
@@ -437,6 +467,12 @@ class Router:
                 f"model {req.model} is temporarily unavailable (upstream failures); retry later",
                 retry_after_s=self.health.retry_after_s(name),
             )
+        if "logprobs" in candidate.failures:
+            return plan, self._logprobs_refused(f"model {req.model} does not return them")
+        if candidate.refused_parameters:
+            param, why = next(iter(candidate.refused_parameters.items()))
+            message = f"{param}: not supported by model {req.model} ({why})"
+            return plan, RouteError(400, "invalid_request", message, param=param)
         return plan, RouteError(
             400, "invalid_request", f"model {req.model} cannot serve this request: " + "; ".join(failures)
         )
@@ -593,7 +629,22 @@ class Router:
         why = "; ".join(
             f"{c.name}: " + ", ".join(f"{k} {v}" for k, v in c.verdicts.items() if v != VERDICT_OK) for c in rejected
         )
-        return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}")
+        if rejected and all("logprobs" in c.failures for c in rejected):
+            return self._logprobs_refused(f"no model of route {route_name} returns them", why)
+        # Other reasons too (a tier, a window): still name the parameter that ruled models out.
+        param = next((p for c in rejected for p in c.refused_parameters), None)
+        if any("logprobs" in c.failures for c in rejected):
+            param = "logprobs"
+        return RouteError(400, "invalid_request", f"no adequate model for route {route_name}: {why}", param=param)
+
+    def _logprobs_refused(self, what: str, why: str | None = None) -> RouteError:
+        """A 400 naming ``logprobs``, rather than forwarding the request and answering ``logprobs: null``."""
+        able = sorted(n for n, m in self.catalog.models.items() if m.capabilities.logprobs)
+        message = f"logprobs: {what} (Claude models and reasoning models never do); "
+        message += f"models that do: {', '.join(able)}" if able else "no model in this catalog does"
+        if why:
+            message += f". Candidates: {why}"
+        return RouteError(400, "invalid_request", message, param="logprobs")
 
     def _min_tier(
         self, needed: str, route: RouteConfig, policy: TeamPolicy, budget_share_used: float | None
@@ -660,6 +711,11 @@ class Router:
             failures["documents"] = "no document input"
         if shape.structured and not caps.structured_output:
             failures["structured_output"] = "no structured output"
+        if req.logprobs and not caps.logprobs:
+            failures["logprobs"] = NO_LOGPROBS
+        refused = self._refused_parameters(req, name, model)
+        if refused:
+            failures["parameters"] = "; ".join(f"{p}: {why}" for p, why in refused.items())
         if allowed_models is not None and name not in allowed_models:
             failures["team_allowed"] = "not in the team's allowed models"
         if min_tier is not None:
@@ -683,7 +739,15 @@ class Router:
             failures=failures,
             expected_output_tokens=output,
             cached_tokens=cached,
+            refused_parameters=refused,
         )
+
+    def _refused_parameters(self, req: ChatRequest, name: str, model: ModelConfig) -> dict[str, str]:
+        """What an upstream of any of the model's deployments would lose (``app.wire.parameters``)."""
+        refused: dict[str, str] = {}
+        for kind in self._kinds[name]:
+            refused.update(unsupported(req, kind, sampling=model.sampling))
+        return refused
 
     @staticmethod
     def _cached_tokens(shape: _RequestShape, model: ModelConfig, policy: TeamPolicy) -> int:

@@ -22,6 +22,7 @@ from app.simulator.faults import injected_fault
 from app.simulator.generate import Job, JsonFormat, Reply, ToolSpec, generate, request_seed
 from app.simulator.http import JSONReply, SimRequest, SSEReply, StreamPlan, sse_data
 from app.simulator.knobs import Knobs, knobs_for, pause
+from app.simulator.logprobs import choice_logprobs
 from app.simulator.state import SimulatorState
 
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
@@ -51,6 +52,7 @@ FAULT_MESSAGES = {
 }
 SYSTEM_FINGERPRINT = "fp_tollway_sim"
 MODELS = ("gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4.1")
+REASONING_PREFIXES = ("gpt-5", "o1", "o3", "o4")  # models the real API refuses logprobs for
 MODEL_CREATED = 1_767_225_600  # 2026-01-01
 DONE = b"data: [DONE]\n\n"
 
@@ -124,6 +126,7 @@ def validate(body: Any) -> Problem | None:
         )
     return (
         _validate_messages(body.get("messages"))
+        or _validate_logprobs(model, body.get("logprobs"), body.get("top_logprobs"))
         or _validate_stop(body.get("stop"))
         or _validate_tools(body.get("tools"), body.get("tool_choice"))
         or _validate_response_format(body.get("response_format"))
@@ -178,6 +181,32 @@ def _validate_messages(messages: Any) -> Problem | None:
                 "missing_required_parameter",
             )
     return None
+
+
+def _validate_logprobs(model: str, logprobs: Any, top_logprobs: Any) -> Problem | None:
+    if logprobs is not None and not isinstance(logprobs, bool):
+        return (
+            f"Invalid type for 'logprobs': expected a boolean, but got {_type_name(logprobs)} instead.",
+            "logprobs",
+            "invalid_type",
+        )
+    if top_logprobs is not None:
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
+            return "Invalid 'top_logprobs': expected an integer from 0 to 20.", "top_logprobs", "invalid_value"
+        if not logprobs:
+            return "Using top_logprobs requires logprobs to be set to true.", "top_logprobs", None
+    if logprobs and model.startswith(REASONING_PREFIXES):
+        return "logprobs are not supported with reasoning models.", "logprobs", "unsupported_parameter"
+    return None
+
+
+def _requested_logprobs(body: dict[str, Any], reply: Reply) -> dict[str, Any] | None:
+    """The non-streamed choice's ``logprobs``: per token for text, no content for tool calls."""
+    if not body.get("logprobs"):
+        return None
+    if reply.kind != "text" or reply.stop_reason == "refusal":
+        return {"content": None, "refusal": None}
+    return choice_logprobs(reply.pieces, body.get("top_logprobs") or 0)
 
 
 def _validate_stop(stop: Any) -> Problem | None:
@@ -419,8 +448,9 @@ class OpenAIWire:
         call_id = state.new_id("call_") if reply.kind == "tool_use" else ""
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            top = (body.get("top_logprobs") or 0) if body.get("logprobs") else None
             plan = self._stream_plan(
-                completion_id, call_id, model, reply, usage if include_usage else None, knobs
+                completion_id, call_id, model, reply, usage if include_usage else None, knobs, top
             )
             return SSEReply(plan, state, headers)
         await pause(knobs.nonstreaming_delay(reply.output_tokens))
@@ -444,7 +474,7 @@ class OpenAIWire:
                 {
                     "index": 0,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": _requested_logprobs(body, reply),
                     "finish_reason": FINISH_REASONS[reply.stop_reason],
                 }
             ],
@@ -456,8 +486,15 @@ class OpenAIWire:
 
     @staticmethod
     def _stream_plan(
-        completion_id: str, call_id: str, model: str, reply: Reply, usage: dict[str, Any] | None, knobs: Knobs
+        completion_id: str,
+        call_id: str,
+        model: str,
+        reply: Reply,
+        usage: dict[str, Any] | None,
+        knobs: Knobs,
+        top_logprobs: int | None = None,
     ) -> StreamPlan:
+        """``top_logprobs`` is None unless logprobs were asked for: then each text chunk carries its token's."""
         base: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -469,8 +506,10 @@ class OpenAIWire:
         if usage is not None:
             base["usage"] = None  # every chunk but the last carries usage: null
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        def chunk(
+            delta: dict[str, Any], finish_reason: str | None = None, logprobs: dict[str, Any] | None = None
+        ) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return sse_data({**base, "choices": [choice]})
 
         head = [
@@ -495,7 +534,13 @@ class OpenAIWire:
                 chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in reply.pieces
             ]
         else:
-            deltas = [chunk({"content": piece}) for piece in reply.pieces]
+            deltas = [
+                chunk(
+                    {"content": piece},
+                    logprobs=None if top_logprobs is None else choice_logprobs([piece], top_logprobs),
+                )
+                for piece in reply.pieces
+            ]
         tail = [chunk({}, FINISH_REASONS[reply.stop_reason])]
         if usage is not None:
             tail.append(sse_data({**base, "choices": [], "usage": usage}))

@@ -67,7 +67,6 @@ def test_openai_request_for_claude_exact_upstream_body(gateway: Gateway) -> None
         seed=7,
         user="end-user-3",
         temperature=0.4,
-        logit_bias={"1": 1},
     )
     assert completion.object == "chat.completion" and completion.model == CLAUDE
     assert completion.choices[0].finish_reason == "stop"
@@ -96,8 +95,8 @@ def test_openai_request_for_claude_exact_upstream_body(gateway: Gateway) -> None
         ],
         "stop_sequences": ["END"],
         "metadata": {"user_id": "end-user-3"},
-        # temperature dropped (claude-haiku-5-5 has sampling: drop); seed and logit_bias have no
-        # Anthropic equivalent and are not sent
+        # temperature dropped (claude-haiku-5-5 has sampling: drop); seed has no Anthropic
+        # equivalent and is not sent (logit_bias is refused: tests/e2e/test_parameters.py)
     }
 
 
@@ -298,7 +297,8 @@ def test_anthropic_request_for_gpt_exact_upstream_body(gateway: Gateway) -> None
         ],
         "max_completion_tokens": 150,
         "stop": ["END"],
-        # temperature dropped (gpt-5-mini has sampling: drop); Anthropic-only fields are not sent
+        "user": "u-5",
+        # temperature dropped (gpt-5-mini has sampling: drop); thinking is not sent (docs/parameters.md)
     }
 
 

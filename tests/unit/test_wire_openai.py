@@ -337,6 +337,7 @@ def test_anthropic_request_to_openai_body() -> None:
         "stream_options": {"include_usage": True},
         "stop": ["END"],
         "temperature": 0.3,
+        "user": "u1",  # metadata.user_id
         "tools": [
             {
                 "type": "function",

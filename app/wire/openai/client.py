@@ -29,8 +29,11 @@ _KNOWN_FIELDS = frozenset(
         "seed",
         "n",
         "user",
+        "logprobs",
+        "top_logprobs",
     }
 )
+MAX_TOP_LOGPROBS = 20  # OpenAI's documented range is 0-20
 
 FINISH_FROM_STOP = {
     "end_turn": "stop",
@@ -232,6 +235,7 @@ def parse_request(body: Any) -> ChatRequest:
     if isinstance(body.get("user"), str):
         metadata = {**(metadata or {}), "user_id": body["user"]}
 
+    logprobs, top_logprobs = _logprobs(body.get("logprobs"), body.get("top_logprobs"))
     extra = {k: v for k, v in body.items() if k not in _KNOWN_FIELDS}
     return ChatRequest(
         model=model,
@@ -250,7 +254,23 @@ def parse_request(body: Any) -> ChatRequest:
         seed=seed,
         include_usage=include_usage,
         extra=extra,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
+
+
+def _logprobs(logprobs: Any, top_logprobs: Any) -> tuple[bool, int | None]:
+    """``logprobs``/``top_logprobs``, checked as OpenAI checks them (whether the model can return
+    them is the router's question)."""
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise invalid("logprobs: must be a boolean", "logprobs")
+    if top_logprobs is None:
+        return bool(logprobs), None
+    if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        raise invalid(f"top_logprobs: must be an integer from 0 to {MAX_TOP_LOGPROBS}", "top_logprobs")
+    if not logprobs:
+        raise invalid("top_logprobs: requires logprobs: true", "top_logprobs")
+    return True, top_logprobs
 
 
 def _tool_choice(choice: Any, parallel: Any, has_tools: bool) -> dict[str, Any] | None:
@@ -344,7 +364,7 @@ def response_json(resp: ChatResponse) -> dict[str, Any]:
                 "index": 0,
                 "message": message,
                 "finish_reason": FINISH_FROM_STOP.get(resp.stop_reason or "end_turn", "stop"),
-                "logprobs": None,
+                "logprobs": resp.logprobs,
             }
         ],
         "usage": usage_json(resp.usage),
@@ -367,13 +387,15 @@ class ChunkEncoder:
         self.stop_reason: str | None = None
         self._tool_index: dict[int, int] = {}  # content block index → tool_calls index
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None = None, logprobs: dict[str, Any] | None = None
+    ) -> bytes:
         chunk = {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
         }
         if self.include_usage:
             chunk["usage"] = None
@@ -386,7 +408,7 @@ class ChunkEncoder:
             delta = data.get("delta") or {}
             dtype = delta.get("type")
             if dtype == "text_delta":
-                return self._chunk({"content": delta.get("text", "")})
+                return self._chunk({"content": delta.get("text", "")}, logprobs=event.logprobs)
             if dtype == "input_json_delta":
                 idx = self._tool_index.get(data.get("index", -1))
                 if idx is None:

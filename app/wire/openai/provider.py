@@ -123,6 +123,10 @@ def build_request(
         body["top_p"] = req.top_p
     if req.seed is not None:
         body["seed"] = req.seed
+    if req.logprobs:
+        body["logprobs"] = True
+        if req.top_logprobs is not None:
+            body["top_logprobs"] = req.top_logprobs
     if req.tools:
         body["tools"] = [
             {
@@ -162,6 +166,8 @@ def build_request(
             del body["metadata"]
         if isinstance(req.metadata.get("user_id"), str):
             body["user"] = req.metadata["user_id"]
+    elif req.metadata and isinstance(req.metadata.get("user_id"), str):
+        body["user"] = req.metadata["user_id"]  # Anthropic's end-user id is OpenAI's ``user``
     if req.client_format == "openai":
         body.update(req.extra)  # unknown fields pass through to the same format
     return body
@@ -221,6 +227,7 @@ def parse_response(data: Any) -> ChatResponse:
     for call in opt_array(message.get("tool_calls"), "choices.0.message.tool_calls"):
         content.append(_tool_use(call, "choices.0.message.tool_calls[]"))
     finish = opt_string(choice.get("finish_reason"), "choices.0.finish_reason")
+    logprobs = opt_obj(choice.get("logprobs"), "choices.0", "logprobs")
     created = data.get("created")
     return ChatResponse(
         id=opt_string(data.get("id"), "id") or "chatcmpl-unknown",
@@ -229,6 +236,7 @@ def parse_response(data: Any) -> ChatResponse:
         stop_reason=STOP_FROM_FINISH.get(finish or "stop", "end_turn"),
         usage=parse_usage(obj(data.get("usage"), "usage")),
         created=created if type(created) is int and created > 0 else int(time.time()),
+        logprobs=logprobs,
     )
 
 
@@ -288,6 +296,7 @@ class ChunkDecoder:
             choice = obj(choice, "chunk.choices[]")
             delta = opt_obj(choice.get("delta"), "chunk.choices[]", "delta") or {}
             text = opt_string(delta.get("content"), "chunk.choices[].delta", "content")
+            logprobs = opt_obj(choice.get("logprobs"), "chunk.choices[]", "logprobs")
             if text:
                 if self.open_kind != "text":
                     events += self._open("text", {"type": "text", "text": ""})
@@ -299,6 +308,7 @@ class ChunkDecoder:
                             "index": self.block_index,
                             "delta": {"type": "text_delta", "text": text},
                         },
+                        logprobs=logprobs,
                     )
                 )
             for call in opt_array(delta.get("tool_calls"), "chunk.choices[].delta", "tool_calls"):
