@@ -25,7 +25,7 @@ from app.routing.embedding import load_embedding_table
 from app.routing.features import FeatureExtractor
 from app.routing.model import QUALITY_THRESHOLDS
 from app.routing.report import ROUTE, TIERS, _assumed_output
-from app.routing.training import Matrix, choose_c, featurise, fit, train_items
+from app.routing.training import Matrix, choose_params, featurise, fit, train_items
 from app.tokens import estimate_tokens
 
 
@@ -73,8 +73,9 @@ def logistic(use_embedding: bool, dims: int | None = None) -> Variant:
             full = m.user_emb.shape[1]
             keep = list(range(d)) + list(range(d, d + dims)) + list(range(d + full, d + full + dims))
             design = design[:, keep]
-        c, _ = choose_c(design[train], m.y[train], folds[train])
-        return fit(design[train], m.y[train], folds[train], c).above(design[~train])
+        d = m.dense.shape[1]
+        params, _ = choose_params(design[train], m.y[train], folds[train], d)
+        return fit(design[train], m.y[train], folds[train], params, d).above(design[~train])
 
     return run
 

@@ -110,7 +110,7 @@ def test_folded_artefact_scores_exactly_like_the_fitted_model(extractor: Feature
     table = load_embedding_table(16)
     matrix = featurise(items, table, extractor)
     folds = np.asarray([fold_of(i.id) for i in items])
-    fitted = fit(matrix.design(), matrix.y, folds, c=0.3)
+    fitted = fit(matrix.design(), matrix.y, folds, [(0.3, 0.25), (0.1, 1.0)], matrix.dense.shape[1])
     meta, arrays = to_artefact(fitted, table, items, {})
     model = TierModel(meta, arrays)
     expected = fitted.scores(matrix.design())
