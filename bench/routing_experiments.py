@@ -6,7 +6,15 @@ routing decisions per quality policy and priced like ``tollway routing report`` 
 ``auto`` candidate of the chosen tier; the oracle: of the labelled tier). The test split is never
 read here.
 
-    python -m bench.routing_experiments
+    python -m bench.routing_experiments              # model variants
+    python -m bench.routing_experiments --frontier   # the shipped configuration at every threshold
+
+``--frontier`` routes the pooled out-of-fold probabilities of the shipped configuration (its per-head
+C and embedding weight, from ``app/routing/model``) at thresholds 0.50 … 0.95: the trade-off between
+requests below their label and cost over the oracle that any choice of policy threshold moves along.
+Next to it, the same figures for the *writer's* own judgement of each item (the first of the two
+independent judgements; the label is the adjudicated one): how a careful human who wrote the request
+scores against the adjudicated labels.
 """
 
 from __future__ import annotations
@@ -96,11 +104,54 @@ def boosting(m: Matrix, folds: np.ndarray, train: np.ndarray) -> np.ndarray:
     return out
 
 
+def frontier(items: list[Item], costs: np.ndarray) -> None:
+    from app.routing.model import TierModel
+    from app.routing.training import EMBED_DIMS
+
+    table = load_embedding_table(EMBED_DIMS)
+    matrix = featurise(items, table, FeatureExtractor())
+    folds = np.asarray([fold_of(i.id) for i in items])
+    params = [(float(h["c"]), float(h["embedding_weight"])) for h in TierModel.load().meta["head_params"]]
+    design, d = matrix.design(), matrix.dense.shape[1]
+    above = np.zeros((len(items), 2))
+    for k in range(5):
+        train = folds != k
+        above[~train] = fit(design[train], matrix.y[train], folds[train], params, d).above(design[~train])
+    y, rows = matrix.y, np.arange(len(items))
+    oracle = costs[rows, y].sum()
+    print(f"{len(items)} train+validation items, 5-fold CV, per head (C, embedding weight) {params}")
+    print("| threshold | below label | above label | cost / oracle |\n|---|---|---|---|")
+    for threshold in np.arange(0.5, 0.951, 0.05):
+        tier = decide(above, float(threshold))
+        cost = costs[rows, tier].sum() / oracle
+        print(f"| {threshold:.2f} | {(tier < y).mean():.1%} | {(tier > y).mean():.1%} | {cost:.2f}x |")
+    writer = np.asarray([TIERS.index(tier) for tier in _writer_tiers(items)])
+    cost = costs[rows, writer].sum() / oracle
+    print(f"| writer's judgement | {(writer < y).mean():.1%} | {(writer > y).mean():.1%} | {cost:.2f}x |")
+
+
+def _writer_tiers(items: list[Item]) -> list[str]:
+    import orjson
+
+    wanted = {item.id for item in items}
+    found: dict[str, str] = {}
+    for path in sorted(CORPUS_DIR.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            raw = orjson.loads(line) if line.strip() else {}
+            if raw.get("id") in wanted:  # train + validation; a test item is parsed, never used
+                found[raw["id"]] = (raw.get("judgements") or {}).get("writer", raw["tier"])
+    return [found[item.id] for item in items]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--boosting", action="store_true", help="also try gradient boosting (slower)")
+    parser.add_argument("--frontier", action="store_true", help="the shipped configuration at every threshold")
     args = parser.parse_args()
     items = train_items(load_items([CORPUS_DIR]))
+    if args.frontier:
+        frontier(items, tier_costs(items))
+        return
     table = load_embedding_table(256)
     matrix = featurise(items, table, FeatureExtractor())
     folds = np.asarray([fold_of(i.id) for i in items])
