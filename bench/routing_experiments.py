@@ -82,8 +82,8 @@ def logistic(use_embedding: bool, dims: int | None = None) -> Variant:
             keep = list(range(d)) + list(range(d, d + dims)) + list(range(d + full, d + full + dims))
             design = design[:, keep]
         d = m.dense.shape[1]
-        params, _ = choose_params(design[train], m.y[train], folds[train], d)
-        return fit(design[train], m.y[train], folds[train], params, d).above(design[~train])
+        params, _ = choose_params(design[train], m.y[train], m.votes[train], folds[train], d)
+        return fit(design[train], m.y[train], m.votes[train], folds[train], params, d).above(design[~train])
 
     return run
 
@@ -116,7 +116,8 @@ def frontier(items: list[Item], costs: np.ndarray) -> None:
     above = np.zeros((len(items), 2))
     for k in range(5):
         train = folds != k
-        above[~train] = fit(design[train], matrix.y[train], folds[train], params, d).above(design[~train])
+        fitted = fit(design[train], matrix.y[train], matrix.votes[train], folds[train], params, d)
+        above[~train] = fitted.above(design[~train])
     y, rows = matrix.y, np.arange(len(items))
     oracle = costs[rows, y].sum()
     print(f"{len(items)} train+validation items, 5-fold CV, per head (C, embedding weight) {params}")
@@ -125,22 +126,9 @@ def frontier(items: list[Item], costs: np.ndarray) -> None:
         tier = decide(above, float(threshold))
         cost = costs[rows, tier].sum() / oracle
         print(f"| {threshold:.2f} | {(tier < y).mean():.1%} | {(tier > y).mean():.1%} | {cost:.2f}x |")
-    writer = np.asarray([TIERS.index(tier) for tier in _writer_tiers(items)])
+    writer = np.asarray([TIERS.index(item.judgements[0]) for item in items])
     cost = costs[rows, writer].sum() / oracle
     print(f"| writer's judgement | {(writer < y).mean():.1%} | {(writer > y).mean():.1%} | {cost:.2f}x |")
-
-
-def _writer_tiers(items: list[Item]) -> list[str]:
-    import orjson
-
-    wanted = {item.id for item in items}
-    found: dict[str, str] = {}
-    for path in sorted(CORPUS_DIR.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            raw = orjson.loads(line) if line.strip() else {}
-            if raw.get("id") in wanted:  # train + validation; a test item is parsed, never used
-                found[raw["id"]] = (raw.get("judgements") or {}).get("writer", raw["tier"])
-    return [found[item.id] for item in items]
 
 
 def main() -> None:

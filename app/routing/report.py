@@ -155,7 +155,14 @@ def report_cv(items: Sequence[Item], params: Sequence[HeadParams]) -> list[Polic
     pooled = [PolicyResult(quality) for quality in QUALITY_THRESHOLDS]
     for k in sorted(set(folds.tolist())):
         train_mask = folds != k
-        fitted = fit(design[train_mask], matrix.y[train_mask], folds[train_mask], params, len(DENSE_NAMES))
+        fitted = fit(
+            design[train_mask],
+            matrix.y[train_mask],
+            matrix.votes[train_mask],
+            folds[train_mask],
+            params,
+            len(DENSE_NAMES),
+        )
         train_part = [item for item, keep in zip(usable, train_mask, strict=True) if keep]
         meta, arrays = to_artefact(fitted, table, train_part, {})
         router = Router(catalog, DeploymentHealth(), tier_model=TierModel(meta, arrays), features=extractor)
