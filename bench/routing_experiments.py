@@ -6,7 +6,15 @@ routing decisions per quality policy and priced like ``tollway routing report`` 
 ``auto`` candidate of the chosen tier; the oracle: of the labelled tier). The test split is never
 read here.
 
-    python -m bench.routing_experiments
+    python -m bench.routing_experiments              # model variants
+    python -m bench.routing_experiments --frontier   # the shipped configuration at every threshold
+
+``--frontier`` routes the pooled out-of-fold probabilities of the shipped configuration (its per-head
+C and embedding weight, from ``app/routing/model``) at thresholds 0.50 … 0.95: the trade-off between
+requests below their label and cost over the oracle that any choice of policy threshold moves along.
+Next to it, the same figures for the *writer's* own judgement of each item (the first of the two
+independent judgements; the label is the adjudicated one): how a careful human who wrote the request
+scores against the adjudicated labels.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from app.routing.embedding import load_embedding_table
 from app.routing.features import FeatureExtractor
 from app.routing.model import QUALITY_THRESHOLDS
 from app.routing.report import ROUTE, TIERS, _assumed_output
-from app.routing.training import Matrix, choose_c, featurise, fit, train_items
+from app.routing.training import Matrix, choose_params, featurise, fit, train_items
 from app.tokens import estimate_tokens
 
 
@@ -73,8 +81,9 @@ def logistic(use_embedding: bool, dims: int | None = None) -> Variant:
             full = m.user_emb.shape[1]
             keep = list(range(d)) + list(range(d, d + dims)) + list(range(d + full, d + full + dims))
             design = design[:, keep]
-        c, _ = choose_c(design[train], m.y[train], folds[train])
-        return fit(design[train], m.y[train], folds[train], c).above(design[~train])
+        d = m.dense.shape[1]
+        params, _ = choose_params(design[train], m.y[train], m.votes[train], folds[train], d)
+        return fit(design[train], m.y[train], m.votes[train], folds[train], params, d).above(design[~train])
 
     return run
 
@@ -95,11 +104,42 @@ def boosting(m: Matrix, folds: np.ndarray, train: np.ndarray) -> np.ndarray:
     return out
 
 
+def frontier(items: list[Item], costs: np.ndarray) -> None:
+    from app.routing.model import TierModel
+    from app.routing.training import EMBED_DIMS
+
+    table = load_embedding_table(EMBED_DIMS)
+    matrix = featurise(items, table, FeatureExtractor())
+    folds = np.asarray([fold_of(i.id) for i in items])
+    params = [(float(h["c"]), float(h["embedding_weight"])) for h in TierModel.load().meta["head_params"]]
+    design, d = matrix.design(), matrix.dense.shape[1]
+    above = np.zeros((len(items), 2))
+    for k in range(5):
+        train = folds != k
+        fitted = fit(design[train], matrix.y[train], matrix.votes[train], folds[train], params, d)
+        above[~train] = fitted.above(design[~train])
+    y, rows = matrix.y, np.arange(len(items))
+    oracle = costs[rows, y].sum()
+    print(f"{len(items)} train+validation items, 5-fold CV, per head (C, embedding weight) {params}")
+    print("| threshold | below label | above label | cost / oracle |\n|---|---|---|---|")
+    for threshold in np.arange(0.5, 0.951, 0.05):
+        tier = decide(above, float(threshold))
+        cost = costs[rows, tier].sum() / oracle
+        print(f"| {threshold:.2f} | {(tier < y).mean():.1%} | {(tier > y).mean():.1%} | {cost:.2f}x |")
+    writer = np.asarray([TIERS.index(item.judgements[0]) for item in items])
+    cost = costs[rows, writer].sum() / oracle
+    print(f"| writer's judgement | {(writer < y).mean():.1%} | {(writer > y).mean():.1%} | {cost:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--boosting", action="store_true", help="also try gradient boosting (slower)")
+    parser.add_argument("--frontier", action="store_true", help="the shipped configuration at every threshold")
     args = parser.parse_args()
     items = train_items(load_items([CORPUS_DIR]))
+    if args.frontier:
+        frontier(items, tier_costs(items))
+        return
     table = load_embedding_table(256)
     matrix = featurise(items, table, FeatureExtractor())
     folds = np.asarray([fold_of(i.id) for i in items])

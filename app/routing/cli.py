@@ -56,9 +56,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     took = time.perf_counter() - started
     print(
         f"trained on {meta['trained_on']['items']} items {meta['trained_on']['tiers']}, "
-        f"C={meta['regularisation_c']} (5-fold log-loss {meta['cv_log_loss']}); wrote {path} in {took:.1f}s"
+        f"per head (C, embedding weight) {_params(meta)}; wrote {path} in {took:.1f}s"
     )
     return 0
+
+
+def _params(meta: dict[str, Any]) -> list[tuple[float, float]]:
+    return [(h["c"], h["embedding_weight"]) for h in meta["head_params"]]
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -73,9 +77,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         evaluated = [item for item in items if split_of(item.id) == "test"]
         title = f"held-out test split, tier model {model.version}"
     else:
-        results = report_cv(items, float(model.meta["regularisation_c"]))
+        params = _params(model.meta)
+        results = report_cv(items, params)
         evaluated = train_items(items)
-        title = f"5-fold cross-validation over train + validation, C={model.meta['regularisation_c']}"
+        title = f"5-fold cross-validation over train + validation, per head (C, embedding weight) {params}"
     if args.json:
         json.dump({"title": title, "policies": [r.summary() for r in results]}, sys.stdout, indent=2)
         print()

@@ -4,7 +4,12 @@ Each line of ``app/routing/corpus/*.jsonl`` is one request with its minimum adeq
 definitions in ``docs/routing.md``)::
 
     {"id": "a-0001", "task": "extraction", "language": "de", "tags": [...], "tier": "medium",
-     "reason": "...", "request": {"system"?, "messages", "tools"?, "response_format"?, "max_tokens"?}}
+     "reason": "...", "judgements": {"writer": "medium", "judge": "small", "third"?: "medium"},
+     "request": {"system"?, "messages", "tools"?, "response_format"?, "max_tokens"?}}
+
+``tier`` is the adjudicated label (the two judgements when they agree, else the third's settlement);
+``judgements`` keeps every independent judgement (training uses their shares, see
+``app.routing.training``).
 
 Items with ``"source": "legacy"`` (the old evaluation set, labelled by task class rather than by the
 request's difficulty) are kept for reference but left out of training and evaluation by default.
@@ -46,6 +51,7 @@ class Item:
     tags: tuple[str, ...]
     source: str  # the file's stem, or "legacy"
     request: dict[str, Any]
+    judgements: tuple[str, ...] = ()  # every independent judgement's tier (writer, judge, third?)
 
     @property
     def label(self) -> int:
@@ -108,7 +114,19 @@ def _item(raw: dict[str, Any], stem: str) -> Item:
         tags=tuple(raw.get("tags") or ()),
         source=str(raw.get("source") or stem),
         request=request,
+        judgements=_judgements(raw.get("judgements"), tier),
     )
+
+
+def _judgements(raw: Any, tier: str) -> tuple[str, ...]:
+    """The tiers of an item's judgements in file order; just its label when none are recorded."""
+    if not isinstance(raw, dict) or not raw:
+        return (tier,)
+    tiers = tuple(str(t) for t in raw.values())
+    unknown = [t for t in tiers if t not in TIER_INDEX]
+    if unknown:
+        raise ValueError(f"unknown tier in judgements: {unknown[0]!r}")
+    return tiers
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:

@@ -100,10 +100,11 @@ class TierModel:
 
     def logits(self, x: Extracted) -> tuple[float, float]:
         z = np.asarray(x.dense) @ self._w + self._b
+        # sum / n rather than .mean(): the same value without numpy's Python-level mean wrapper
         if x.user_ids:
-            z = z + self._user[x.user_ids].mean(axis=0)
+            z += self._user.take(x.user_ids, axis=0).sum(axis=0) / len(x.user_ids)
         if x.system_ids:
-            z = z + self._system[x.system_ids].mean(axis=0)
+            z += self._system.take(x.system_ids, axis=0).sum(axis=0) / len(x.system_ids)
         return float(z[0]), float(z[1])
 
     def estimate(self, x: Extracted) -> TierEstimate:

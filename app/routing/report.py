@@ -16,8 +16,8 @@ policy, and compared with its label:
 
 ``--split test`` reads the held-out test split with the shipped artefact (the only code path that
 reads it); ``--split cv`` gives 5-fold cross-validated figures over train + validation, refitting
-the model (same regularisation as the artefact, calibration inside each fold) on four folds and
-routing the fifth.
+the model (same per-head regularisation and embedding weight as the artefact, calibration inside
+each fold) on four folds and routing the fifth.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from app.routing.features import FeatureExtractor
 from app.routing.health import DeploymentHealth
 from app.routing.model import QUALITY_THRESHOLDS, TierModel
 from app.routing.router import EXPECTED_OUTPUT, Router
+
+if TYPE_CHECKING:
+    from app.routing.training import HeadParams
 
 ROUTE = "auto"
 PRINCIPAL = Principal(team_id="report", team_name="report", key_id="report", key_prefix="tw-report")
@@ -136,9 +139,10 @@ def report_test(items: Sequence[Item], model: TierModel | None = None) -> list[P
     return route_items(router, catalog, test)
 
 
-def report_cv(items: Sequence[Item], c: float) -> list[PolicyResult]:
+def report_cv(items: Sequence[Item], params: Sequence[HeadParams]) -> list[PolicyResult]:
     """5-fold cross-validation over train + validation (the test split is not read)."""
     from app.routing.embedding import load_embedding_table
+    from app.routing.features import DENSE_NAMES
     from app.routing.training import EMBED_DIMS, featurise, fit, to_artefact, train_items
 
     catalog = load_catalog(None)
@@ -151,7 +155,14 @@ def report_cv(items: Sequence[Item], c: float) -> list[PolicyResult]:
     pooled = [PolicyResult(quality) for quality in QUALITY_THRESHOLDS]
     for k in sorted(set(folds.tolist())):
         train_mask = folds != k
-        fitted = fit(design[train_mask], matrix.y[train_mask], folds[train_mask], c)
+        fitted = fit(
+            design[train_mask],
+            matrix.y[train_mask],
+            matrix.votes[train_mask],
+            folds[train_mask],
+            params,
+            len(DENSE_NAMES),
+        )
         train_part = [item for item, keep in zip(usable, train_mask, strict=True) if keep]
         meta, arrays = to_artefact(fitted, table, train_part, {})
         router = Router(catalog, DeploymentHealth(), tier_model=TierModel(meta, arrays), features=extractor)

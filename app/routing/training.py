@@ -3,12 +3,21 @@
 1. Load the corpus (``app.routing.corpus``) and keep the *train* and *validation* splits only.
 2. Features per item (``app.routing.features``) and the mean wordllama vector (first ``EMBED_DIMS``
    dimensions) of the user window and of the system window.
-3. Two L2-regularised logistic regressions on standardised features: label ≥ medium, label ≥ large.
-   The regularisation strength ``C`` is chosen from ``C_GRID`` by 5-fold cross-validated log-loss
-   over train + validation (folds by id hash); ties and near-ties (within ``C_TOLERANCE``) go to the
-   stronger regularisation — a simpler model that generalises beyond this corpus.
-4. Platt calibration of each head on its out-of-fold scores, then the final fit on train + validation.
-5. The artefact: coefficients as JSON, the embedding weights folded into per-token score tables.
+3. Soft targets: an item's target for a head is the share of its independent judgements that put it
+   at or above that tier (an item two judges called small and one medium counts one third towards
+   "needs medium"), so the model estimates how likely a careful judge finds a tier adequate rather
+   than memorising which side of a split decision an item fell. Agreed items (80%) are unchanged.
+   Model selection and calibration score against the adjudicated labels.
+4. Two L2-regularised logistic regressions on standardised features: label ≥ medium, label ≥ large.
+   Each head has its own regularisation strength ``C`` (from ``C_GRID``) and its own weight on the
+   embedding columns (from ``EMBED_WEIGHTS``; scaling a standardised block by ``w`` divides its L2
+   penalty by ``w²``, so the 256 embedding columns are shrunk harder than the ~45 measurements).
+   Both are chosen per head by 5-fold cross-validated log-loss over train + validation (folds by id
+   hash); ties and near-ties (within ``C_TOLERANCE``) go to the stronger regularisation — a simpler
+   model that generalises beyond this corpus. Measured: the small-vs-rest head prefers a light
+   embedding weight (the measurements carry it), the large-vs-rest head a heavier one.
+5. Platt calibration of each head on its out-of-fold scores, then the final fit on train + validation.
+6. The artefact: coefficients as JSON, the embedding weights folded into per-token score tables.
 
 Everything is seeded or order-independent: the same corpus gives byte-identical files.
 """
@@ -22,16 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from app.routing.corpus import Item, corpus_digest, fold_of, split_of, to_chat_request
+from app.routing.corpus import TIER_INDEX, Item, corpus_digest, fold_of, split_of, to_chat_request
 from app.routing.embedding import WORDLLAMA_CONFIG, load_embedding_table, wordllama_version
 from app.routing.features import DENSE_NAMES, FeatureExtractor
 from app.routing.model import FORMAT, FORMAT_VERSION, TierModel
 
 EMBED_DIMS = 128
-C_GRID: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-C_TOLERANCE = 0.005  # log-loss within this of the best counts as a tie (take the smaller C)
+C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+EMBED_WEIGHTS: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
+C_TOLERANCE = 0.0025  # a head's log-loss within this of its best counts as a tie (take the simpler model)
 HEADS = ("above_small", "above_medium")  # label ≥ medium, label ≥ large
 PLATT_C = 1e4  # calibration is two parameters: barely regularised
+HeadParams = tuple[float, float]  # (C, embedding weight) of one head
 
 
 @dataclass(slots=True)
@@ -42,7 +53,8 @@ class Matrix:
     dense: np.ndarray  # (N, D)
     user_emb: np.ndarray  # (N, dims)
     system_emb: np.ndarray  # (N, dims)
-    y: np.ndarray  # (N,) 0 small, 1 medium, 2 large
+    y: np.ndarray  # (N,) adjudicated label: 0 small, 1 medium, 2 large
+    votes: np.ndarray  # (N, 3) share of the item's judgements per tier
 
     def design(self, use_embedding: bool = True) -> np.ndarray:
         parts = [self.dense, self.user_emb, self.system_emb] if use_embedding else [self.dense]
@@ -55,6 +67,7 @@ class Matrix:
             self.user_emb[mask],
             self.system_emb[mask],
             self.y[mask],
+            self.votes[mask],
         )
 
 
@@ -73,7 +86,18 @@ def featurise(items: Sequence[Item], table: np.ndarray, extractor: FeatureExtrac
         np.asarray(user, dtype=np.float64).reshape(len(items), dims),
         np.asarray(system, dtype=np.float64).reshape(len(items), dims),
         np.asarray([item.label for item in items], dtype=np.int64),
+        votes(items),
     )
+
+
+def votes(items: Sequence[Item]) -> np.ndarray:
+    """(N, 3): per item, the share of its judgements for small, medium, large."""
+    out = np.zeros((len(items), len(TIER_INDEX)))
+    for row, item in enumerate(items):
+        judged = item.judgements or (item.tier,)
+        for tier in judged:
+            out[row, TIER_INDEX[tier]] += 1.0 / len(judged)
+    return out
 
 
 def _logreg(c: float) -> Any:
@@ -91,7 +115,7 @@ class Fitted:
     coef: np.ndarray  # (2, F)
     intercept: np.ndarray  # (2,)
     platt: list[tuple[float, float]]
-    c: float
+    params: tuple[HeadParams, HeadParams]
 
     def scores(self, design: np.ndarray) -> np.ndarray:
         return ((design - self.mean) / self.scale) @ self.coef.T + self.intercept
@@ -110,21 +134,34 @@ def _targets(y: np.ndarray) -> list[np.ndarray]:
     return [(y >= 1).astype(int), (y >= 2).astype(int)]
 
 
-def _fit_heads(design: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _fit_heads(
+    design: np.ndarray, votes: np.ndarray, params: Sequence[HeadParams], n_dense: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Standardise, weight the embedding columns per head, fit on soft targets; coefficients in
+    standardised space (the head's column weights folded in, so ``z @ coef`` is the head's score).
+
+    A soft target p is fitted exactly as cross-entropy: the row once as positive with weight p and
+    once as negative with weight 1 − p (rows of weight 0 are dropped)."""
     mean = design.mean(axis=0)
     scale = design.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = (design - mean) / scale
     coef, intercept = [], []
-    for target in _targets(y):
-        if target.min() == target.max():  # one class only (tiny subsets): a constant head
+    for head, (c, weight) in enumerate(params):
+        share = votes[:, head + 1 :].sum(axis=1)  # judged at or above the head's tier
+        if share.max() <= 0.0 or share.min() >= 1.0:  # one class only (tiny subsets): a constant head
             coef.append(np.zeros(z.shape[1]))
-            intercept.append(8.0 if target[0] else -8.0)
+            intercept.append(8.0 if share.min() >= 1.0 else -8.0)
             continue
+        columns = np.ones(z.shape[1])
+        columns[n_dense:] = weight
+        rows = np.concatenate([np.flatnonzero(share > 0), np.flatnonzero(share < 1)])
+        target = np.concatenate([np.ones(int((share > 0).sum())), np.zeros(int((share < 1).sum()))])
+        sample_weight = np.concatenate([share[share > 0], 1.0 - share[share < 1]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = _logreg(c).fit(z, target)
-        coef.append(model.coef_[0])
+            model = _logreg(c).fit(z[rows] * columns, target, sample_weight=sample_weight)
+        coef.append(model.coef_[0] * columns)
         intercept.append(float(model.intercept_[0]))
     return mean, scale, np.asarray(coef), np.asarray(intercept)
 
@@ -133,11 +170,13 @@ def _folds(items: Sequence[Item]) -> np.ndarray:
     return np.asarray([fold_of(item.id) for item in items])
 
 
-def out_of_fold_scores(design: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> np.ndarray:
-    raw = np.zeros((len(y), 2))
+def out_of_fold_scores(
+    design: np.ndarray, votes: np.ndarray, folds: np.ndarray, params: Sequence[HeadParams], n_dense: int
+) -> np.ndarray:
+    raw = np.zeros((len(votes), 2))
     for k in np.unique(folds):
         train = folds != k
-        mean, scale, coef, intercept = _fit_heads(design[train], y[train], c)
+        mean, scale, coef, intercept = _fit_heads(design[train], votes[train], params, n_dense)
         raw[~train] = ((design[~train] - mean) / scale) @ coef.T + intercept
     return raw
 
@@ -155,30 +194,46 @@ def _platt(raw: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
     return params
 
 
-def _log_loss(raw: np.ndarray, y: np.ndarray) -> float:
-    total = 0.0
-    for head, target in enumerate(_targets(y)):
-        p = np.clip(1.0 / (1.0 + np.exp(-raw[:, head])), 1e-6, 1 - 1e-6)
-        total += float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
-    return total
+def _head_log_loss(raw: np.ndarray, target: np.ndarray) -> float:
+    p = np.clip(1.0 / (1.0 + np.exp(-raw)), 1e-6, 1 - 1e-6)
+    return float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
 
 
-def choose_c(design: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[float, dict[float, float]]:
-    losses = {c: _log_loss(out_of_fold_scores(design, y, folds, c), y) for c in C_GRID}
-    best = min(losses.values())
-    chosen = min(c for c, loss in losses.items() if loss <= best + C_TOLERANCE)
-    return chosen, losses
+def choose_params(
+    design: np.ndarray, y: np.ndarray, votes: np.ndarray, folds: np.ndarray, n_dense: int
+) -> tuple[tuple[HeadParams, HeadParams], dict[str, list[float]]]:
+    """Per head, the (C, embedding weight) of least out-of-fold log-loss; near-ties to the simplest
+    (smallest C, then smallest weight). Returns the choice and every candidate's two losses."""
+    grid = [(c, w) for c in C_GRID for w in EMBED_WEIGHTS]  # simplest first
+    losses: dict[HeadParams, list[float]] = {}
+    for params in grid:
+        raw = out_of_fold_scores(design, votes, folds, (params, params), n_dense)
+        losses[params] = [_head_log_loss(raw[:, h], t) for h, t in enumerate(_targets(y))]
+    chosen = []
+    for head in range(2):
+        best = min(loss[head] for loss in losses.values())
+        chosen.append(next(p for p in grid if losses[p][head] <= best + C_TOLERANCE))
+    table = {f"C={c},w={w}": [round(v, 5) for v in losses[(c, w)]] for c, w in grid}
+    return (chosen[0], chosen[1]), table
 
 
-def fit(design: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> Fitted:
-    """Calibrate on out-of-fold scores, then fit the heads on everything given."""
-    platt = _platt(out_of_fold_scores(design, y, folds, c), y)
-    mean, scale, coef, intercept = _fit_heads(design, y, c)
-    return Fitted(mean, scale, coef, intercept, platt, c)
+def fit(
+    design: np.ndarray,
+    y: np.ndarray,
+    votes: np.ndarray,
+    folds: np.ndarray,
+    params: Sequence[HeadParams],
+    n_dense: int,
+) -> Fitted:
+    """Calibrate on out-of-fold scores (against the adjudicated labels ``y``), then fit the heads on
+    everything given (soft targets ``votes``)."""
+    platt = _platt(out_of_fold_scores(design, votes, folds, params, n_dense), y)
+    mean, scale, coef, intercept = _fit_heads(design, votes, params, n_dense)
+    return Fitted(mean, scale, coef, intercept, platt, (params[0], params[1]))
 
 
 def to_artefact(
-    fitted: Fitted, table: np.ndarray, items: Sequence[Item], losses: dict[float, float]
+    fitted: Fitted, table: np.ndarray, items: Sequence[Item], losses: dict[str, list[float]]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Fold the embedding columns into per-token score tables; the rest becomes JSON."""
     d = len(DENSE_NAMES)
@@ -206,8 +261,8 @@ def to_artefact(
             }
             for head, name in enumerate(HEADS)
         ],
-        "regularisation_c": fitted.c,
-        "cv_log_loss": {str(c): round(loss, 5) for c, loss in sorted(losses.items())},
+        "head_params": [{"c": c, "embedding_weight": w} for c, w in fitted.params],
+        "cv_log_loss": losses,
         "embedding": {
             "source": "wordllama",
             "config": WORDLLAMA_CONFIG,
@@ -235,7 +290,7 @@ def train(items: Sequence[Item], *, dims: int = EMBED_DIMS) -> tuple[dict[str, A
     matrix = featurise(usable, table)
     design = matrix.design()
     folds = _folds(usable)
-    c, losses = choose_c(design, matrix.y, folds)
-    fitted = fit(design, matrix.y, folds, c)
+    params, losses = choose_params(design, matrix.y, matrix.votes, folds, len(DENSE_NAMES))
+    fitted = fit(design, matrix.y, matrix.votes, folds, params, len(DENSE_NAMES))
     meta, arrays = to_artefact(fitted, table, usable, losses)
     return meta, arrays, TierModel(meta, arrays)

@@ -17,7 +17,7 @@ from app.routing.features import DENSE_NAMES, FeatureExtractor
 from app.routing.health import DeploymentHealth
 from app.routing.model import MODEL_DIR, MODEL_STEM, QUALITY_THRESHOLDS, TierEstimate, TierModel
 from app.routing.router import Router
-from app.routing.training import featurise, fit, to_artefact, train_items
+from app.routing.training import featurise, fit, to_artefact, train_items, votes
 
 HARD = (
     "Our Raft-based replicated log occasionally loses acknowledged writes after a leader change when two "
@@ -74,6 +74,35 @@ def test_corpus_loads_and_rejects_bad_lines(tmp_path: Path) -> None:
         load_items([bad])
 
 
+def test_judgements_become_soft_targets(tmp_path: Path) -> None:
+    corpus = tmp_path / "j.jsonl"
+    request = {"messages": [{"role": "user", "content": "hi"}]}
+    lines = [
+        {"id": "j-1", "task": "chat", "tier": "small", "request": request,
+         "judgements": {"writer": "medium", "judge": "small", "third": "small"}},
+        {"id": "j-2", "task": "chat", "tier": "large", "request": request},  # no judgements: the label
+    ]  # fmt: skip
+    corpus.write_bytes(b"\n".join(orjson.dumps(line) for line in lines))
+    first, second = load_items([corpus])
+    assert first.judgements == ("medium", "small", "small") and second.judgements == ("large",)
+    assert votes([first, second]) == pytest.approx(np.array([[2 / 3, 1 / 3, 0.0], [0.0, 0.0, 1.0]]))
+    bad = dict(lines[0], judgements={"writer": "huge"})
+    corpus.write_bytes(orjson.dumps(bad))
+    with pytest.raises(ValueError, match="unknown tier in judgements"):
+        load_items([corpus])
+
+
+def test_a_split_decision_trains_towards_the_middle() -> None:
+    """The same request judged small by two judges and medium by one: P(≥ medium) near 1/3, not 0."""
+    from app.routing.training import _fit_heads
+
+    design = np.array([[0.0], [1.0]] * 30)
+    one_third = np.array([[2 / 3, 1 / 3, 0.0], [0.0, 0.0, 1.0]] * 30)  # row 0 disputed, row 1 large
+    mean, scale, coef, intercept = _fit_heads(design, one_third, [(1e4, 1.0), (1e4, 1.0)], n_dense=1)
+    z = ((np.array([[0.0]]) - mean) / scale) @ coef.T + intercept
+    assert 1 / (1 + np.exp(-z[0, 0])) == pytest.approx(1 / 3, abs=0.02)
+
+
 # ---- features ------------------------------------------------------------------------------------------
 
 
@@ -110,7 +139,7 @@ def test_folded_artefact_scores_exactly_like_the_fitted_model(extractor: Feature
     table = load_embedding_table(16)
     matrix = featurise(items, table, extractor)
     folds = np.asarray([fold_of(i.id) for i in items])
-    fitted = fit(matrix.design(), matrix.y, folds, c=0.3)
+    fitted = fit(matrix.design(), matrix.y, matrix.votes, folds, [(0.3, 0.25), (0.1, 1.0)], matrix.dense.shape[1])
     meta, arrays = to_artefact(fitted, table, items, {})
     model = TierModel(meta, arrays)
     expected = fitted.scores(matrix.design())
