@@ -113,19 +113,9 @@ def _append(messages: list[Message], role: str, blocks: list[Block]) -> None:
         messages.append(Message(role=role, content=blocks))  # type: ignore[arg-type]
 
 
-def parse_request(body: Any) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise invalid("request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid("you must provide a model parameter", "model")
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
-        raise invalid("messages: must be a non-empty array", "messages")
-    n = body.get("n")
-    if n not in (None, 1):
-        raise invalid("n: only n=1 is supported by Tollway", "n")
-
+def _conversation(raw_messages: list[Any]) -> tuple[list[Block], list[Message]]:
+    """OpenAI messages → the canonical system prompt and turns (tool messages become tool_result
+    blocks in a user turn, tool_calls become tool_use blocks)."""
     system: list[Block] = []
     messages: list[Message] = []
     for i, m in enumerate(raw_messages):
@@ -177,28 +167,14 @@ def parse_request(body: Any) -> ChatRequest:
             _append(messages, "user", [result])
         else:
             raise invalid(f"{where}.role: '{role}' is not a valid role", "messages")
+    return system, messages
 
-    max_tokens_name = (
-        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    )
-    max_tokens = body.get(max_tokens_name)
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise invalid(f"{max_tokens_name}: must be a positive integer", max_tokens_name)
 
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop_sequences = [stop]
-    elif stop is None:
-        stop_sequences = []
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        stop_sequences = stop
-    else:
-        raise invalid("stop: must be a string or an array of strings", "stop")
-
+def _tools(raw: Any) -> list[Tool]:
     tools: list[Tool] = []
-    for i, t in enumerate(body.get("tools") or []):
+    if not isinstance(raw, list):
+        raise invalid("tools: must be an array", "tools")
+    for i, t in enumerate(raw):
         fn = t.get("function") if isinstance(t, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise invalid(f"tools[{i}]: needs type 'function' and function.name", "tools")
@@ -211,7 +187,46 @@ def parse_request(body: Any) -> ChatRequest:
                 extra=extra,
             )
         )
+    return tools
 
+
+def _stop_sequences(stop: Any) -> list[str]:
+    if isinstance(stop, str):
+        return [stop]
+    if stop is None:
+        return []
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop
+    raise invalid("stop: must be a string or an array of strings", "stop")
+
+
+def parse_request(body: Any) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise invalid("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("you must provide a model parameter", "model")
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise invalid("messages: must be a non-empty array", "messages")
+    n = body.get("n")
+    if n not in (None, 1):
+        raise invalid("n: only n=1 is supported by Tollway", "n")
+
+    system, messages = _conversation(raw_messages)
+
+    max_tokens_name = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    )
+    max_tokens = body.get(max_tokens_name)
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise invalid(f"{max_tokens_name}: must be a positive integer", max_tokens_name)
+
+    stop_sequences = _stop_sequences(body.get("stop"))
+
+    tools = _tools(body.get("tools") or [])
     tool_choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"), bool(tools))
     response_format = _response_format(body.get("response_format"))
 

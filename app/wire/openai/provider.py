@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from app.domain import Block, ChatRequest, ChatResponse, StreamEvent, Usage
+from app.domain import Block, ChatRequest, ChatResponse, ResponseFormat, StreamEvent, Tool, Usage
 from app.wire.checks import MalformedReply, array, index, obj, opt_array, opt_count, opt_obj, opt_string, string
 
 STOP_FROM_FINISH = {
@@ -61,54 +61,7 @@ def _tool_result_text(block: Block) -> str:
 def build_request(
     req: ChatRequest, upstream_model: str, *, stream: bool, max_tokens_field: str = "max_completion_tokens"
 ) -> dict[str, Any]:
-    messages: list[dict[str, Any]] = []
-    if req.system:
-        messages.append(
-            {
-                "role": "system",
-                "content": "\n\n".join(b.get("text", "") for b in req.system if b.get("type") == "text"),
-            }
-        )
-    for m in req.messages:
-        if m.role == "assistant":
-            text = "".join(b.get("text", "") for b in m.content if b.get("type") == "text")
-            calls = [
-                {
-                    "id": b.get("id"),
-                    "type": "function",
-                    "function": {
-                        "name": b.get("name"),
-                        "arguments": orjson.dumps(b.get("input", {})).decode(),
-                    },
-                }
-                for b in m.content
-                if b.get("type") == "tool_use"
-            ]
-            out: dict[str, Any] = {"role": "assistant", "content": text or None}
-            if calls:
-                out["tool_calls"] = calls
-            messages.append(out)
-            continue
-        if m.role == "system":
-            messages.append({"role": "system", "content": "".join(b.get("text", "") for b in m.content)})
-            continue
-        parts: list[dict[str, Any]] = []
-        for b in m.content:
-            if b.get("type") == "tool_result":
-                messages.append(
-                    {"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": _tool_result_text(b)}
-                )
-            else:
-                part = _part_json(b)
-                if part is not None:
-                    parts.append(part)
-        if parts:
-            if len(parts) == 1 and parts[0]["type"] == "text":
-                messages.append({"role": "user", "content": parts[0]["text"]})
-            else:
-                messages.append({"role": "user", "content": parts})
-
-    body: dict[str, Any] = {"model": upstream_model, "messages": messages}
+    body: dict[str, Any] = {"model": upstream_model, "messages": _messages_json(req)}
     if req.max_tokens is not None:
         body[max_tokens_field] = req.max_tokens
     if stream:
@@ -116,7 +69,7 @@ def build_request(
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     if req.stop_sequences:
-        body["stop"] = req.stop_sequences[:4]
+        body["stop"] = req.stop_sequences[:4]  # more than 4 are refused before routing (wire/parameters.py)
     if req.temperature is not None:
         body["temperature"] = req.temperature
     if req.top_p is not None:
@@ -128,49 +81,111 @@ def build_request(
         if req.top_logprobs is not None:
             body["top_logprobs"] = req.top_logprobs
     if req.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    **({"description": t.description} if t.description else {}),
-                    "parameters": t.input_schema or {"type": "object", "properties": {}},
-                    **({"strict": t.extra["strict"]} if "strict" in t.extra else {}),
-                },
-            }
-            for t in req.tools
-        ]
+        body["tools"] = [_tool_json(t) for t in req.tools]
     if req.tool_choice is not None:
-        tc = req.tool_choice
-        ctype = tc.get("type")
-        if ctype == "tool":
-            body["tool_choice"] = {"type": "function", "function": {"name": tc.get("name")}}
-        elif ctype in ("auto", "none"):
-            body["tool_choice"] = ctype
-        elif ctype == "any":
-            body["tool_choice"] = "required"
-        if tc.get("disable_parallel_tool_use") and req.tools:
-            body["parallel_tool_calls"] = False
+        _add_tool_choice(body, req.tool_choice, has_tools=bool(req.tools))
     if req.response_format is not None:
-        rf = req.response_format
-        if rf.type == "json_object":
-            body["response_format"] = {"type": "json_object"}
-        else:
-            spec: dict[str, Any] = {"name": rf.name or "response", "schema": rf.schema or {"type": "object"}}
-            if rf.strict is not None:
-                spec["strict"] = rf.strict
-            body["response_format"] = {"type": "json_schema", "json_schema": spec}
-    if req.metadata and req.client_format in ("openai", "responses"):
-        body["metadata"] = {k: v for k, v in req.metadata.items() if k != "user_id"} or None
-        if body["metadata"] is None:
-            del body["metadata"]
-        if isinstance(req.metadata.get("user_id"), str):
-            body["user"] = req.metadata["user_id"]
-    elif req.metadata and isinstance(req.metadata.get("user_id"), str):
-        body["user"] = req.metadata["user_id"]  # Anthropic's end-user id is OpenAI's ``user``
+        body["response_format"] = _response_format_json(req.response_format)
+    _add_metadata(body, req)
     if req.client_format == "openai":
         body.update(req.extra)  # unknown fields pass through to the same format
     return body
+
+
+def _messages_json(req: ChatRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if req.system:
+        text = "\n\n".join(b.get("text", "") for b in req.system if b.get("type") == "text")
+        messages.append({"role": "system", "content": text})
+    for m in req.messages:
+        if m.role == "assistant":
+            messages.append(_assistant_json(m.content))
+        elif m.role == "system":
+            messages.append({"role": "system", "content": "".join(b.get("text", "") for b in m.content)})
+        else:
+            messages.extend(_user_json(m.content))
+    return messages
+
+
+def _assistant_json(content: list[Block]) -> dict[str, Any]:
+    text = "".join(b.get("text", "") for b in content if b.get("type") == "text")
+    calls = [
+        {
+            "id": b.get("id"),
+            "type": "function",
+            "function": {"name": b.get("name"), "arguments": orjson.dumps(b.get("input", {})).decode()},
+        }
+        for b in content
+        if b.get("type") == "tool_use"
+    ]
+    out: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+def _user_json(content: list[Block]) -> list[dict[str, Any]]:
+    """One user turn: its tool results become ``tool`` messages, the rest one user message."""
+    messages: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for b in content:
+        if b.get("type") == "tool_result":
+            messages.append({"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": _tool_result_text(b)})
+        else:
+            part = _part_json(b)
+            if part is not None:
+                parts.append(part)
+    if parts:
+        if len(parts) == 1 and parts[0]["type"] == "text":
+            messages.append({"role": "user", "content": parts[0]["text"]})
+        else:
+            messages.append({"role": "user", "content": parts})
+    return messages
+
+
+def _tool_json(t: Tool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": t.name,
+            **({"description": t.description} if t.description else {}),
+            "parameters": t.input_schema or {"type": "object", "properties": {}},
+            **({"strict": t.extra["strict"]} if "strict" in t.extra else {}),
+        },
+    }
+
+
+def _add_tool_choice(body: dict[str, Any], tc: dict[str, Any], *, has_tools: bool) -> None:
+    ctype = tc.get("type")
+    if ctype == "tool":
+        body["tool_choice"] = {"type": "function", "function": {"name": tc.get("name")}}
+    elif ctype in ("auto", "none"):
+        body["tool_choice"] = ctype
+    elif ctype == "any":
+        body["tool_choice"] = "required"
+    if tc.get("disable_parallel_tool_use") and has_tools:
+        body["parallel_tool_calls"] = False
+
+
+def _response_format_json(rf: ResponseFormat) -> dict[str, Any]:
+    if rf.type == "json_object":
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": rf.name or "response", "schema": rf.schema or {"type": "object"}}
+    if rf.strict is not None:
+        spec["strict"] = rf.strict
+    return {"type": "json_schema", "json_schema": spec}
+
+
+def _add_metadata(body: dict[str, Any], req: ChatRequest) -> None:
+    """OpenAI-format clients' metadata passes through; Anthropic's end-user id is OpenAI's ``user``."""
+    if not req.metadata:
+        return
+    if req.client_format in ("openai", "responses"):
+        rest = {k: v for k, v in req.metadata.items() if k != "user_id"}
+        if rest:
+            body["metadata"] = rest
+    if isinstance(req.metadata.get("user_id"), str):
+        body["user"] = req.metadata["user_id"]
 
 
 # ---- provider side: OpenAI response → canonical ------------------------------------------------------------
