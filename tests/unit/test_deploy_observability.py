@@ -37,7 +37,7 @@ def exported() -> set[str]:
             request_id="r", team_id="t", key_id="k", client_format="anthropic", requested_model="auto",
             served_model="m", input_tokens=1, output_tokens=1, cache_write_5m_tokens=1, cache_read_tokens=1,
             cost_usd=Decimal("0.2"), uncached_cost_usd=Decimal("0.1"), latency_ms=1.0, ttft_ms=1.0,
-            status=500, error_type="api_error", end_user="user-1",
+            status=500, error_type="api_error", end_user="user-1", usage_flag="over_reservation",
             route_reason="route=auto task=chat src=classifier tier>=small p=0.50/0.90 cheapest",
         ),
         team_name="t", route="auto", upstream_s=0.1, ttft_s=0.1,
