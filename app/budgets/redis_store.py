@@ -64,8 +64,10 @@ RECONCILE_MARKER_TTL_S = 86_400
 # How long a settled reservation id is remembered: a repeated or reconciled settle of it within this
 # time is a no-op. Deferred settles are normally reconciled within a second of Redis answering again.
 RECORD_TTL_S = 3_600
-CONNECT_TIMEOUT_S = 0.5
-REPLY_TIMEOUT_S = 1.0
+# A refused connection fails at once whatever these say; they bound a Redis that is up but slow (a
+# loaded host, a failover). Tighter values turned a busy machine's scheduling delay into 503s.
+CONNECT_TIMEOUT_S = 2.0
+REPLY_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 64
 
 
