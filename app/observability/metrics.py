@@ -286,6 +286,12 @@ class Metrics:
             # The spool is shared by the workers of one machine: each sees the same backlog.
             multiprocess_mode="livemax",
         )
+        self.event_loop_lag_max = Gauge(
+            "tollway_event_loop_lag_max_seconds",
+            "Largest event-loop lag seen since start-up (opt-in probe: TOLLWAY_LOOP_LAG_PROBE_S).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.ledger_dead_letter_rows = Counter(
             "tollway_ledger_dead_letter_rows",
             "Usage events the database refused even after escaping, kept in the dead letters "
