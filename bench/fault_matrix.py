@@ -51,20 +51,21 @@ from tests.procs import BackgroundProxy, Gateway, Stack, fresh_database
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fault-matrix.json"
 POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-BURST_S = 9.0
+BURST_S = 14.0
 FAULT_AT_S = 2.0
 RECOVER_AT_S = 5.0
 RATE = 40.0  # requests per second, open loop
 MAX_IN_FLIGHT = 200
 OUTPUT_TOKENS = 24
 MAX_TOKENS = 64
-TOKENS_PER_DAY = 18_000  # the team budget: the burst runs into it near its end
+TOKENS_PER_DAY = 21_000  # the team budget: a fault-free burst runs into it near its end
 KINDS = ("anthropic-json", "anthropic-stream", "openai-json", "openai-stream")
 MALFORMED = ("json", "types", "huge")
 HOSTILE = ("huge-headers", "gzip-bomb", "silent")
 REQUEST_DEADLINE_S = 8.0  # bounds the "never answers" provider
 SETTLE_TIMEOUT_S = 30.0
 COOLDOWN_S = 1.0
+PROVIDER_FAULTS = ("provider-malformed-replies", "hostile-provider")
 WARMUP_REQUESTS = 8  # each kind twice, on another team, before the burst: first-call costs are not the fault's
 
 
@@ -77,6 +78,7 @@ class Outcome:
     status: int = 0  # 0: no HTTP answer (connection refused or reset before the head)
     request_id: str = ""
     complete: bool = False  # a JSON body, or a stream with its terminal event
+    error_event: bool = False  # a stream that carries the wire's in-stream error event
     error: str = ""
     error_type: str = ""  # of a non-2xx answer, from its body
     started_s: float = 0.0
@@ -130,6 +132,8 @@ async def send(
                 outcome.error_type = str(error.get("code") or error.get("type") or "")
         else:
             outcome.complete = b"message_stop" in data or b"data: [DONE]" in data
+            # A stream that failed after its 200 must end with the wire's error event, not just stop.
+            outcome.error_event = b"event: error" in data or b'data: {"error"' in data
     except (httpx.HTTPError, ValueError) as exc:
         outcome.error = type(exc).__name__
     return outcome
@@ -169,7 +173,8 @@ class Load:
     async def _one(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, n: int, t: float) -> None:
         async with gate:
             kind = KINDS[n % len(KINDS)]
-            outcome = await send(client, self.target, self.key, kind, n, self.headers_for(t, n))
+            headers = {"x-sim-output-tokens": str(OUTPUT_TOKENS), **self.headers_for(t, n)}
+            outcome = await send(client, self.target, self.key, kind, n, headers)
             outcome.started_s = round(t, 3)
             outcome.ended = time.monotonic()
             self.outcomes.append(outcome)
@@ -252,8 +257,10 @@ def budget_state(redis_url: str, team_id: str) -> dict[str, Any]:
         records = client.hgetall(keys.reservations)
         inflight = {k.decode(): int(v) for k, v in client.hgetall(keys.inflight).items() if int(v)}
         day = client.hgetall(windows_at(team_id, "", time.time()).period_keys[1])
+        live = [rid.decode().split("~", 1)[0] for rid, rec in records.items() if rec not in (b"s", b"x")]
         return {
-            "live_reservations": sum(1 for rec in records.values() if rec not in (b"s", b"x")),
+            "live_reservations": len(live),
+            "live_request_ids": live,  # a reservation id is the request id, "~", an attempt suffix
             "expired_reservations": sum(1 for rec in records.values() if rec == b"x"),
             "inflight": inflight,
             "counted_tokens": int(day.get(b"t:tpd", 0)),
@@ -297,6 +304,7 @@ class Run:
 
     notes: list[str] = field(default_factory=list)
     in_flight_at_kill: set[str] = field(default_factory=set)
+    open_at_kill: int = 0  # requests sent and not yet answered when the gateway was SIGKILLed
 
 
 Driver = Callable[[Env, Load, Watcher, Callable[[], Gateway]], Awaitable[Run]]
@@ -330,9 +338,9 @@ async def malformed_replies(env: Env, load: Load, watcher: Watcher, restart: Cal
 
 
 async def hostile_provider(env: Env, load: Load, watcher: Watcher, restart: Callable[[], Gateway]) -> Run:
-    # n // 4 so that each behaviour meets every kind (the kinds rotate with n % 4).
+    # Three behaviours against four kinds in turn: each behaviour meets every kind.
     load.headers_for = lambda t, n: (
-        {HOSTILE_HEADER: HOSTILE[(n // 4) % len(HOSTILE)]} if FAULT_AT_S <= t < RECOVER_AT_S else {}
+        {HOSTILE_HEADER: HOSTILE[n % len(HOSTILE)]} if FAULT_AT_S <= t < RECOVER_AT_S else {}
     )
     run = await during(load, lambda: None, lambda: None)
     run.notes.append(f"hostile provider answered: {dict(sorted(env.hostile.counts.items()))}")
@@ -384,12 +392,14 @@ async def sigkill_in_double_outage(env: Env, load: Load, watcher: Watcher, resta
     assert watcher.gateway is not None
     watcher.sample_hwm()
     await watcher.scrape()
-    open_at_kill = load.open_now()
+    open_at_kill = run.open_at_kill = load.open_now()
     killed_at = time.monotonic()
     env.stack.kill(watcher.gateway)
     await at(RECOVER_AT_S, start)
     await asyncio.to_thread(both_up, env)
+    restarting = time.monotonic()
     gateway = await asyncio.to_thread(restart)
+    run.notes.append(f"restarted gateway ready {time.monotonic() - restarting:.1f} s after its start")
     load.target = gateway.url
     watcher.watch(gateway)
     await burst
@@ -402,8 +412,8 @@ async def sigkill_in_double_outage(env: Env, load: Load, watcher: Watcher, resta
 
 
 async def sigterm_with_streams(env: Env, load: Load, watcher: Watcher, restart: Callable[[], Gateway]) -> Run:
-    """Answers of about 2.4 s (24 tokens at 10/s); SIGTERM at FAULT_AT_S + 1 s; the gateway drains
-    and exits; a new one starts at RECOVER_AT_S (a rolling restart with one replica)."""
+    """Answers of about 2.4 s (24 tokens at 10/s); SIGTERM at FAULT_AT_S + 1 s while a replacement
+    gateway starts (a rolling restart): the load moves to it once it is ready."""
     run = Run()
     start = time.monotonic()
     load.headers_for = lambda t, n: {"x-sim-tokens-per-second": "10"}
@@ -415,19 +425,23 @@ async def sigterm_with_streams(env: Env, load: Load, watcher: Watcher, restart: 
     await watcher.scrape()
     open_at_term = load.open_now()
     began = time.monotonic()
+    replacement = asyncio.create_task(asyncio.to_thread(restart))
     old.proc.signal(signal.SIGTERM)
     code = await asyncio.to_thread(old.proc.wait, 60)
     took = time.monotonic() - began
+    old_peak = watcher.peak_rss
     await asyncio.to_thread(env.stack.stop, old.proc)
-    await at(RECOVER_AT_S, start)
-    gateway = await asyncio.to_thread(restart)
+    gateway = await replacement
+    ready_after = time.monotonic() - began
     load.target = gateway.url
     watcher.watch(gateway)
+    watcher.peak_rss = old_peak
     await burst
     cut = cut_by(load, began)
     run.notes.append(
         f"SIGTERM at {FAULT_AT_S + 1.0:.1f} s with {open_at_term} requests open: exit code {code} after "
-        f"{took:.2f} s; {len(cut)} answers with a request id did not complete"
+        f"{took:.2f} s; {len(cut)} answers with a request id did not complete; the replacement gateway was "
+        f"ready {ready_after:.1f} s after the SIGTERM"
     )
     return run
 
@@ -448,13 +462,17 @@ FAULTS: dict[str, Driver] = {
 # ---- running and measuring one fault -------------------------------------------------------------------
 
 
-async def settle(env: Env, team_id: str, expected: set[str]) -> float:
+async def settle(env: Env, team_id: str, expected: set[str], killed: bool) -> float:
     """Wait until every answered request has its ledger row and nothing is in flight in Redis (or
-    ``SETTLE_TIMEOUT_S``); the seconds it took."""
+    ``SETTLE_TIMEOUT_S``); the seconds it took. After a SIGKILL, the answers it cut can have no row
+    and their reservations stay until they expire: only the rows are waited for, then 3 s more."""
     began = time.monotonic()
     while time.monotonic() - began < SETTLE_TIMEOUT_S:
         rows = await ledger_rows(env.database_url, team_id)
         state = await asyncio.to_thread(budget_state, env.redis.url, team_id)
+        if expected <= rows.keys() and killed:
+            await asyncio.sleep(3.0)
+            break
         if expected <= rows.keys() and not state["inflight"] and not state["live_reservations"]:
             break
         await asyncio.sleep(0.5)
@@ -475,6 +493,10 @@ def gateway_settings(env: Env, name: str) -> dict[str, Any]:
     }
     if name == "hostile-provider":
         settings["TOLLWAY_SIMULATOR_URL"] = env.hostile.url
+    if name in PROVIDER_FAULTS:
+        # The breakers would turn most of the fault window into quick 503s; here every request of the
+        # window must reach the provider and be parsed, so they never trip.
+        settings["cooldown_failures"] = 1_000_000
     return settings
 
 
@@ -484,12 +506,33 @@ async def warm_up(stack: Stack, gateway: Gateway) -> None:
     async with httpx.AsyncClient(timeout=30.0) as client:
         for n in range(WARMUP_REQUESTS):
             await send(client, gateway.url, key, KINDS[n % len(KINDS)], n, {})
+        await client.get(gateway.url + "/metrics")
+
+
+class Control:
+    """``bench.loop_lag_control`` beside the gateway: the machine's own loop-lag floor meanwhile."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.loop_lag_control"], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()  # "ready"
+
+    def stop(self) -> float:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=10)
+        return float(out.strip() or "nan")
 
 
 async def run_fault(env: Env, name: str, driver: Driver) -> dict[str, Any]:
     stack = env.stack
     settings = gateway_settings(env, name)
+    starting = time.monotonic()
     gateway = await asyncio.to_thread(stack.start_gateway, **settings)
+    start_s = time.monotonic() - starting
     team = await asyncio.to_thread(
         stack.create_team,
         f"fm-{name}-{uuid.uuid4().hex[:6]}",
@@ -502,11 +545,14 @@ async def run_fault(env: Env, name: str, driver: Driver) -> dict[str, Any]:
     watcher.watch(gateway)
     watcher.start()
     load = Load(key, gateway.url)
+    control = await asyncio.to_thread(Control)
     began = time.monotonic()
     run = await driver(env, load, watcher, lambda: stack.start_gateway(**settings))
     burst_s = time.monotonic() - began
+    control_stall_ms = await asyncio.to_thread(control.stop)
     answered = {o.request_id for o in load.outcomes if o.request_id}
-    settle_s = await settle(env, team["id"], answered)
+    killed = name.startswith("sigkill")
+    settle_s = await settle(env, team["id"], answered - run.in_flight_at_kill, killed)
     await watcher.stop()
     assert watcher.gateway is not None
     exit_code = await asyncio.to_thread(stack.stop, watcher.gateway.proc)
@@ -522,12 +568,16 @@ async def run_fault(env: Env, name: str, driver: Driver) -> dict[str, Any]:
         "error_types": dict(Counter(f"{o.status} {o.error_type}" for o in load.outcomes if o.error_type)),
         "client_errors": dict(Counter(o.error for o in load.outcomes if o.error)),
         "answers_incomplete": sum(1 for o in load.outcomes if o.status and not o.complete),
+        "streams_ended_by_error_event": sum(1 for o in load.outcomes if o.error_event),
         "with_request_id": len(answered),
         "rows_written": len(rows),
         "rows_lost": len(lost),
         "rows_lost_in_flight_at_kill": len(lost & run.in_flight_at_kill),
         "rows_lost_completed": len(lost - run.in_flight_at_kill),
+        "open_at_kill": run.open_at_kill,
         "orphaned_reservations": state["live_reservations"] + len(state["inflight"]),
+        # Orphans of requests that finished and were recorded: their settle never reached Redis.
+        "orphans_with_ledger_row": sum(1 for rid in state["live_request_ids"] if rid in rows),
         "inflight_tokens_left": sum(state["inflight"].values()),
         "expired_reservations": state["expired_reservations"],
         "limit_tokens": TOKENS_PER_DAY,
@@ -537,7 +587,9 @@ async def run_fault(env: Env, name: str, driver: Driver) -> dict[str, Any]:
         "counted_minus_ledger": state["counted_tokens"] - ledger_tokens,
         "max_loop_stall_ms": round(watcher.max_lag_s * 1000, 1),
         "loop_stall_rises": watcher.lag_rises,
+        "control_loop_stall_ms": control_stall_ms,
         "peak_rss_mib": round(watcher.peak_rss / (1 << 20), 1),
+        "gateway_start_s": round(start_s, 1),
         "burst_s": round(burst_s, 2),
         "settle_s": round(settle_s, 2),
         "final_exit_code": exit_code,
@@ -573,7 +625,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--faults", nargs="*", choices=list(FAULTS), default=list(FAULTS))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", action="store_true", help="only rewrite docs/fault-matrix.md from --out")
     args = parser.parse_args(argv)
+    if args.render:
+        write_doc(json.loads(args.out.read_text()))
+        return 0
     load_before = os.getloadavg()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tollway-fault-matrix-") as tmp:
@@ -607,8 +663,104 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    if args.out == RESULTS:
+        write_doc(report)
+    print(render_table(report))
     return 0
+
+
+# ---- the documented bounds, and the table in docs/fault-matrix.md ---------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "fault-matrix.md"
+BEGIN, END = "<!-- fault-matrix:begin -->", "<!-- fault-matrix:end -->"
+STALL_BOUND_MS = 100.0
+RSS_HEADROOM_MIB = 64.0
+BATCH = 8  # one ledger batch: TOLLWAY_LEDGER_FLUSH_INTERVAL_S (0.2 s) of requests at RATE (40/s)
+
+
+def bounds(result: dict[str, Any], baseline_rss: float) -> dict[str, tuple[str, bool]]:
+    """Per number: the documented bound (text) and whether the result is within it."""
+    killed = result["fault"].startswith("sigkill")
+    lost_bound = result["rows_lost_in_flight_at_kill"] + BATCH if killed else 0
+    rss_bound = baseline_rss + RSS_HEADROOM_MIB
+    return {
+        "rows_written": (
+            "one per answered request",
+            result["rows_written"] >= result["with_request_id"] - result["rows_lost"],
+        ),
+        "rows_lost": (
+            f"≤ cut by the kill ({result['rows_lost_in_flight_at_kill']}) + one batch ({BATCH})" if killed else "0",
+            result["rows_lost"] <= lost_bound,
+        ),
+        "orphaned_reservations": (
+            f"≤ open at the kill ({result['open_at_kill']}), until they expire (900 s)" if killed else "0",
+            result["orphaned_reservations"] <= (result["open_at_kill"] if killed else 0),
+        ),
+        "overspend_tokens": ("0", result["overspend_tokens"] == 0),
+        "counted_minus_ledger": ("0", result["counted_minus_ledger"] == 0),
+        "max_loop_stall_ms": (f"≤ {STALL_BOUND_MS:.0f} ms", result["max_loop_stall_ms"] <= STALL_BOUND_MS),
+        "peak_rss_mib": (f"≤ {rss_bound:.0f} MiB", result["peak_rss_mib"] <= rss_bound),
+    }
+
+
+def _cell(value: Any, bound: tuple[str, bool]) -> str:
+    return f"{value}" if bound[1] else f"**{value}** ✗"
+
+
+def render_table(report: dict[str, Any]) -> str:
+    faults = report["faults"]
+    baseline = next((f for f in faults if f["fault"] == "none"), faults[0])
+    w = report["workload"]
+    lines = [
+        f"Measured {report['when']} with `{report['command']}` ({report['duration_s']:.0f} s) on "
+        f"{report['machine']['cpus']} CPUs, {report['machine']['memory_gib']} GiB, Python "
+        f"{report['machine']['python']}; load average {report['load_average_before'][0]} before, "
+        f"{report['load_average_after'][0]} after (the machine is shared). Each fault: "
+        f"{w['rate_per_s']:.0f} requests/s for {w['burst_s']:.0f} s, fault from {w['fault_from_s']:.0f} s to "
+        f"{w['fault_until_s']:.0f} s, team budget {w['team_tokens_per_day']:,} tokens/day.",
+        "",
+        "| fault | requests | answered (status: count) | rows written | rows lost | orphaned reservations |"
+        " overspend (tokens) | Redis − ledger (tokens) | max loop stall (ms) | idle control (ms) | peak RSS (MiB) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in faults:
+        b = bounds(f, baseline["peak_rss_mib"])
+        statuses = ", ".join(f"{k}: {v}" for k, v in f["statuses"].items())
+        lines.append(
+            f"| {f['fault']} | {f['requests']} | {statuses} | {_cell(f['rows_written'], b['rows_written'])} | "
+            f"{_cell(f['rows_lost'], b['rows_lost'])} | "
+            f"{_cell(f['orphaned_reservations'], b['orphaned_reservations'])} | "
+            f"{_cell(f['overspend_tokens'], b['overspend_tokens'])} | "
+            f"{_cell(f['counted_minus_ledger'], b['counted_minus_ledger'])} | "
+            f"{_cell(f['max_loop_stall_ms'], b['max_loop_stall_ms'])} | {f['control_loop_stall_ms']} | "
+            f"{_cell(f['peak_rss_mib'], b['peak_rss_mib'])} |"
+        )
+    lines += [
+        "",
+        "Status 0: no HTTP answer (connection refused while no gateway listened, or closed before an answer).",
+        "",
+        "The bounds (✗ marks a number outside its bound; see *The bounds* below):",
+        "",
+    ]
+    lines += ["| fault | rows lost | orphaned reservations | overspend | Redis − ledger | loop stall | peak RSS |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for f in faults:
+        b = bounds(f, baseline["peak_rss_mib"])
+        keys = ("rows_lost", "orphaned_reservations", "overspend_tokens", "counted_minus_ledger")
+        cells = [b[k][0] for k in (*keys, "max_loop_stall_ms", "peak_rss_mib")]
+        lines.append(f"| {f['fault']} | " + " | ".join(cells) + " |")
+    notes = [f"- {f['fault']}: {note}" for f in faults for note in f["notes"]]
+    if notes:
+        lines += ["", "Notes from the run:", "", *notes]
+    return "\n".join(lines)
+
+
+def write_doc(report: dict[str, Any]) -> None:
+    """Replace the generated part of docs/fault-matrix.md (between the markers) with this run's table."""
+    text = DOC.read_text() if DOC.exists() else f"# Fault matrix\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(f"{head}{BEGIN}\n{render_table(report)}\n{END}{tail}")
 
 
 if __name__ == "__main__":
