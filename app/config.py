@@ -275,6 +275,8 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     metrics_port: int | None = None
     metrics_team_label_cap: int = 100
+    # Seconds between event-loop lag samples (tollway_event_loop_lag_max_seconds); 0 = probe off.
+    loop_lag_probe_s: float = Field(default=0.0, ge=0)
     log_prompts: bool = False
     log_level: str = "INFO"
     # Upstream retry policy

@@ -28,6 +28,7 @@ from app.domain import ClientFormat
 from app.errors import GatewayError
 from app.lifecycle import drain_on_sigterm
 from app.observability.logging import configure_logging
+from app.observability.loop_lag import LoopLagProbe
 from app.services import build_pipeline, build_services
 
 log = logging.getLogger("tollway")
@@ -57,10 +58,16 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         # garbage instead of stalling the event loop for ~80 ms (measured: docs/benchmarks.md).
         gc.collect()
         gc.freeze()
+        probe = None
+        if settings.loop_lag_probe_s > 0:
+            probe = LoopLagProbe(settings.loop_lag_probe_s, services.metrics.event_loop_lag_max.set)
+            probe.start()
         log.info("tollway %s ready", __version__)
         try:
             yield
         finally:
+            if probe is not None:
+                await probe.aclose()
             await services.lifecycle.drain_streams(settings.shutdown_grace_s)
             await services.aclose()
 

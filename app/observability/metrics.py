@@ -366,6 +366,12 @@ class Metrics:
                 registry=r,
             )
         )
+        self.event_loop_lag_max = Gauge(
+            "tollway_event_loop_lag_max_seconds",
+            "Largest event-loop lag seen since start-up (opt-in probe: TOLLWAY_LOOP_LAG_PROBE_S).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.ledger_dead_letter_rows = Counter(
             "tollway_ledger_dead_letter_rows",
             "Usage events the database refused even after escaping, kept in the dead letters "

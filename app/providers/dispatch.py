@@ -71,6 +71,15 @@ class Dispatcher:
     ) -> T:
         model: ModelConfig = candidate.model
         deployments = self.health.order(candidate.name, model.all_deployments(candidate.name))
+        if not deployments:
+            # Every breaker opened after the router chose this model (a concurrent request's failure):
+            # the router's own answer for a model in cooldown, and the next candidate may be tried.
+            raise UpstreamError(
+                503,
+                "unavailable",
+                f"model {candidate.name} is temporarily unavailable (upstream failures); retry later",
+                retry_after_s=self.health.retry_after_s(candidate.name),
+            )
         last_error: UpstreamError | None = None
         for position, dep in enumerate(deployments):
             key = deployment_key(candidate.name, dep)

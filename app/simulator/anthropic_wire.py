@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from app.simulator.faults import injected_fault
+from app.simulator.faults import RawReply, injected_fault, malformed_reply
 from app.simulator.generate import Job, JsonFormat, Reply, ToolSpec, generate, request_seed
 from app.simulator.http import JSONReply, SimRequest, SSEReply, StreamPlan, sse_event
 from app.simulator.knobs import Knobs, knobs_for, pause
@@ -310,10 +310,12 @@ class AnthropicWire:
             {"input_tokens": prompt.total_tokens}, headers=[(b"request-id", request_id.encode())]
         )
 
-    async def messages(self, request: SimRequest) -> JSONReply | SSEReply:
+    async def messages(self, request: SimRequest) -> JSONReply | SSEReply | RawReply:
         problem, body = self._preflight(request)
         if problem is not None:
             return problem
+        if (bad := malformed_reply(request, "anthropic", body["model"], bool(body.get("stream")))) is not None:
+            return bad
         try:
             prompt = analyse_anthropic_prompt(body)
         except CacheControlError as exc:

@@ -18,7 +18,7 @@ from app.simulator.counting import (
     openai_message_tokens,
     tool_definition_tokens,
 )
-from app.simulator.faults import injected_fault
+from app.simulator.faults import RawReply, injected_fault, malformed_reply
 from app.simulator.generate import Job, JsonFormat, Reply, ToolSpec, generate, request_seed
 from app.simulator.http import JSONReply, SimRequest, SSEReply, StreamPlan, sse_data
 from app.simulator.knobs import Knobs, knobs_for, pause
@@ -411,7 +411,7 @@ class OpenAIWire:
         message = FAULT_MESSAGES.get(status, f"Simulated error {status}")
         return self.error(status, message, headers=fault.headers)
 
-    async def chat_completions(self, request: SimRequest) -> JSONReply | SSEReply:
+    async def chat_completions(self, request: SimRequest) -> JSONReply | SSEReply | RawReply:
         if not has_credential(request.headers):
             return self.error(
                 401,
@@ -428,6 +428,8 @@ class OpenAIWire:
             return fault
         if (problem := validate(body)) is not None:
             return self.error(400, *problem)
+        if (bad := malformed_reply(request, "openai", body["model"], bool(body.get("stream")))) is not None:
+            return bad
         state = self.state
         knobs = knobs_for(request, state.config)
         model = body["model"]

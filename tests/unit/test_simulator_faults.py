@@ -291,3 +291,52 @@ def test_reset_clears_counters_caches_and_records(base_url: str) -> None:
     assert usage.cache_read_input_tokens == 0 and (usage.cache_creation_input_tokens or 0) > 0
     with pytest.raises(anthropic.InternalServerError):  # the error counter restarted too
         flaky.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)
+
+
+# ---- x-sim-malformed -----------------------------------------------------------------------------------
+
+ANTHROPIC_HEADERS = {"x-api-key": "x", "anthropic-version": "2023-06-01"}
+OPENAI_HEADERS = {"authorization": "Bearer x"}
+
+
+def _malformed(base_url: str, wire: str, shape: str, stream: bool) -> httpx.Response:
+    if wire == "anthropic":
+        body: dict[str, Any] = {"model": MODEL, "max_tokens": 5, "messages": MESSAGES, "stream": stream}
+        return HTTP.post(
+            base_url + "/v1/messages", json=body, headers={**ANTHROPIC_HEADERS, "x-sim-malformed": shape}
+        )
+    body = {"model": "gpt-5", "messages": MESSAGES, "stream": stream}
+    return HTTP.post(
+        base_url + "/v1/chat/completions", json=body, headers={**OPENAI_HEADERS, "x-sim-malformed": shape}
+    )
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "openai"])
+def test_a_malformed_json_reply_is_a_200_that_does_not_parse(base_url: str, wire: str) -> None:
+    response = _malformed(base_url, wire, "json", stream=False)
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        response.json()
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "openai"])
+def test_a_wrong_types_reply_has_the_fields_with_the_wrong_types(base_url: str, wire: str) -> None:
+    body = _malformed(base_url, wire, "types", stream=False).json()
+    if wire == "anthropic":
+        assert body["content"] == 5 and body["usage"]["input_tokens"] == "ten"
+    else:
+        assert body["choices"] == 5 and body["usage"]["prompt_tokens"] == "ten"
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "openai"])
+def test_a_huge_usage_stream_is_complete_but_counts_beyond_64_bits(base_url: str, wire: str) -> None:
+    response = _malformed(base_url, wire, "huge", stream=True)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    payloads = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert payloads[-1] == ("[DONE]" if wire == "openai" else '{"type": "message_stop"}')
+    assert str(10**30) in response.text
+
+
+def test_an_unknown_malformed_shape_is_an_honest_answer(base_url: str) -> None:
+    response = _malformed(base_url, "anthropic", "nonsense", stream=False)
+    assert response.status_code == 200 and isinstance(response.json()["usage"]["input_tokens"], int)
