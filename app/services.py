@@ -21,7 +21,7 @@ from app.auth.principal import Principal
 from app.auth.throttle import FailedAuthThrottle
 from app.bookkeeping import Bookkeeper
 from app.budgets.lifetime import LifetimeBudget, create_lifetime_budget
-from app.budgets.limiter import Limiter, create_limiter
+from app.budgets.limiter import BudgetLimiter, Limiter, create_limiter
 from app.budgets.redis_store import connect_budget_redis
 from app.budgets.shares import BudgetShares
 from app.caching.response_cache import ResponseCache, create_response_cache
@@ -157,6 +157,9 @@ async def build_services(settings: Settings, catalog: Catalog) -> Services:
     )
     recorder.start()
     health = DeploymentHealth(failures_to_trip=settings.cooldown_failures, cooldown_s=settings.cooldown_s)
+    limiter = create_limiter(settings, redis)
+    if isinstance(limiter, BudgetLimiter):
+        limiter.resume_pending()  # settles a killed predecessor journaled during an outage
     return Services(
         settings=settings,
         catalog=catalog,
@@ -166,7 +169,7 @@ async def build_services(settings: Settings, catalog: Catalog) -> Services:
         keys=KeyStore(engine, ttl_s=settings.key_cache_ttl_s),
         browser_tokens=BrowserTokenStore(engine),
         recorder=recorder,
-        limiter=create_limiter(settings, redis),
+        limiter=limiter,
         lifetime_budget=create_lifetime_budget(settings, redis),
         health=health,
         router=Router(catalog, health),

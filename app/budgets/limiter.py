@@ -42,6 +42,7 @@ from app.auth.principal import Limits, Principal
 from app.budgets.capping import cap_output
 from app.budgets.errors import BudgetBackendUnavailable, BudgetExceeded, as_gateway_error
 from app.budgets.headers import budget_headers, remaining, rfc3339
+from app.budgets.journal import PendingJournal
 from app.budgets.limits import NO_LIMITS, limits_vector
 from app.budgets.local_ledger import LocalLedger
 from app.budgets.memory_store import MemoryStore
@@ -185,6 +186,7 @@ class BudgetLimiter:
         clock: Callable[[], float] = time.time,
         reconcile_interval_s: float = 0.5,
         breaker_s: float = 0.5,
+        journal: PendingJournal | None = None,
     ) -> None:
         if failure_policy not in ("closed", "open"):
             raise ValueError(f"budget_redis_failure must be 'closed' or 'open', not {failure_policy!r}")
@@ -197,7 +199,7 @@ class BudgetLimiter:
         self.clock = clock
         self.reconcile_interval_s = reconcile_interval_s
         self.breaker_s = breaker_s
-        self.ledger = LocalLedger()
+        self.ledger = LocalLedger(journal)
         self._down_until = 0.0
         self._reconciler: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -543,6 +545,12 @@ class BudgetLimiter:
             log.warning("budget: store unreachable (%s); policy is fail-%s", exc, self.failure_policy)
         self._down_until = time.monotonic() + self.breaker_s
 
+    def resume_pending(self) -> None:
+        """Start writing work taken over from a previous process's journal (call inside the loop)."""
+        if self.ledger:
+            log.warning("budget: %d settle(s) pending from before a restart", self.ledger.pending_settles())
+            self._ensure_reconciler()
+
     def _ensure_reconciler(self) -> None:
         if self._reconciler is None or self._reconciler.done():
             self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_loop())
@@ -583,7 +591,10 @@ class BudgetLimiter:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.reconcile_now(), timeout=2.0)
             if self.ledger:
-                log.error("budget: closing with locally counted usage that never reached Redis")
+                kept = "kept in its journal for the next process" if self.ledger.journal else "lost"
+                log.error("budget: closing with locally counted usage that never reached Redis (%s)", kept)
+        if self.ledger.journal is not None:
+            self.ledger.journal.close()
         await self.store.aclose()
 
 
@@ -594,6 +605,8 @@ def create_limiter(
 ) -> Limiter:
     """The limiter for this process: Redis-backed when a client is given, else in-process."""
     store: BudgetStore = RedisStore(redis) if redis is not None else MemoryStore()
+    # Only a Redis store can be unreachable, so only it needs its pending work on disk.
+    journal = PendingJournal(settings.spool_dir / "budget") if redis is not None else None
     return BudgetLimiter(
         store,
         mode=settings.budget_mode,
@@ -601,4 +614,5 @@ def create_limiter(
         wait_ms=settings.budget_wait_ms,
         reservation_ttl_s=settings.reservation_ttl_s,
         clock=clock,
+        journal=journal,
     )

@@ -11,12 +11,16 @@ once-per-id step as a normal settle, so a settle whose first attempt had in fact
 reply lost) is a no-op when reconciled. A batch keeps its id until Redis confirms it, and the
 reconcile script records applied batch ids, so a batch whose reply was lost is retried harmlessly.
 New work arriving while a batch is in flight goes into a new batch.
+
+With a ``PendingJournal`` every piece of work is also written to disk as it arrives, so a process
+killed before Redis came back loses none of it: the next process takes the journal over.
 """
 
 from __future__ import annotations
 
 import uuid
 
+from app.budgets.journal import PendingJournal
 from app.budgets.store import PendingSettle, ReconcileBatch
 from app.budgets.windows import KIND_PERIOD, N_KINDS, WindowSet
 
@@ -24,9 +28,16 @@ MAX_SETTLES_PER_BATCH = 500  # one reconcile script call stays short (Redis runs
 
 
 class LocalLedger:
-    def __init__(self) -> None:
+    def __init__(self, journal: PendingJournal | None = None) -> None:
         self._open: dict[str, ReconcileBatch] = {}  # team id → batch still accepting work
         self._sealed: list[ReconcileBatch] = []  # handed out, not yet confirmed
+        self.journal = journal
+        if journal is not None:
+            for team_id, work in journal.recover():
+                if isinstance(work, PendingSettle):
+                    self.add_settle(team_id, work)
+                else:
+                    self.add_invalidation(team_id, work)
 
     def __bool__(self) -> bool:
         return bool(self._open or self._sealed)
@@ -41,9 +52,13 @@ class LocalLedger:
         return batch
 
     def add_settle(self, team_id: str, pending: PendingSettle) -> None:
+        if self.journal is not None:
+            self.journal.settle(team_id, pending)
         self._batch(team_id).settles.append(pending)
 
     def add_invalidation(self, team_id: str, limits_record: str) -> None:
+        if self.journal is not None:
+            self.journal.invalidation(team_id, limits_record)
         self._batch(team_id).invalidate.add(limits_record)
 
     def take(self) -> list[ReconcileBatch]:
@@ -55,6 +70,8 @@ class LocalLedger:
     def confirm(self, batches: list[ReconcileBatch]) -> None:
         applied = {id(batch) for batch in batches}
         self._sealed = [batch for batch in self._sealed if id(batch) not in applied]
+        if self.journal is not None and not self:
+            self.journal.clear()
 
     def pending_settles(self) -> int:
         return sum(len(batch.settles) for batch in (*self._sealed, *self._open.values()))
