@@ -212,14 +212,13 @@ def stage_timer(path: str) -> None:
             setattr(owner, name, wrapper)
 
     pipeline = app.pipeline.Pipeline
-    timed(pipeline, "handle", "handle (to response object)")
+    timed(pipeline, "handle", "handle (to outcome)")
     timed(pipeline, "authenticate", "authenticate")
-    timed(app.pipeline, "read_json_body", "read body")
-    timed(app.pipeline, "parse_chat", "parse")
+    timed(app.pipeline, "parse", "parse")
     timed(pipeline, "route", "route")
     timed(pipeline, "admit", "admit")
-    timed(pipeline, "lookup_response_cache", "response cache")
-    timed(pipeline, "prepare_for_model", "prepare for model")
+    timed(pipeline, "look_up_cache", "response cache")
+    timed(pipeline, "prepare", "prepare for model")
     timed(Dispatcher, "complete", "upstream call (dispatch)")
     timed(pipeline, "respond", "respond (encode)")
 
