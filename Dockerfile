@@ -15,8 +15,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/tollway
 
-# Dependencies from the hash-pinned runtime lock (pip-compile), never re-resolved at build time;
-# then the package itself with --no-deps, so nothing newer than the lock can slip in.
+# Dependencies from the hash-pinned runtime lock (pip-compile), never re-resolved at build time — it
+# pins the build backend (setuptools) too; then the package itself with --no-deps and no build
+# isolation, so nothing unpinned is fetched and nothing newer than the lock can slip in.
 COPY requirements/runtime.lock ./requirements/runtime.lock
 RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
 

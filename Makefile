@@ -51,7 +51,7 @@ lock:
 	  --extra dev --strip-extras -o requirements/dev.lock pyproject.toml
 	sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\) \\$$/\1/p' requirements/dev.lock > $(VENV)/dev-pins.txt
 	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
-	  --strip-extras -c $(VENV)/dev-pins.txt -o requirements/runtime.lock pyproject.toml
+	  --extra build --strip-extras -c $(VENV)/dev-pins.txt -o requirements/runtime.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tollway.db var
