@@ -114,7 +114,7 @@ class Relay:
             if event.type == "content_block_delta":
                 self.output_chars += _delta_chars(event)
                 if self.output_chars > self.max_output_chars:
-                    parts.extend(self.encode(e) for e in _cut_at_max_tokens(self.tracker))
+                    parts.extend(self.encode(e) for e in _cut_at_max_tokens(self.tracker, event.data.get("index", 0)))
                     self.trail.usage_flag = "over_reservation"
                     self._done()
                     return [p for p in parts if p], True
@@ -164,9 +164,10 @@ def _delta_chars(event: StreamEvent) -> int:
     return 0
 
 
-def _cut_at_max_tokens(tracker: StreamTracker) -> list[StreamEvent]:
+def _cut_at_max_tokens(tracker: StreamTracker, open_index: int) -> list[StreamEvent]:
     """The events that end a stream the provider would not end: close the open block, stop for max_tokens."""
     events = [
+        StreamEvent("content_block_stop", {"type": "content_block_stop", "index": open_index}),
         StreamEvent(
             "message_delta",
             {

@@ -229,6 +229,7 @@ def test_a_stream_the_provider_runs_past_max_tokens_is_cut_there_and_flagged(gat
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
     deltas = [e for e in events if e["type"] == "content_block_delta"]
     assert 0 < len(deltas) < 20, "cut near the cap, long before the provider's 2,000 deltas"
+    assert [e["type"] for e in events[-3:]] == ["content_block_stop", "message_delta", "message_stop"]
     stop = [e for e in events if e["type"] == "message_delta"]
     assert stop and stop[-1]["delta"]["stop_reason"] == "max_tokens"
     assert events[-1]["type"] == "message_stop"
@@ -237,3 +238,22 @@ def test_a_stream_the_provider_runs_past_max_tokens_is_cut_there_and_flagged(gat
     assert row["status"] == 200 and row["usage_flag"] == "over_reservation" and row["stop_reason"] == "max_tokens"
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     assert 'tollway_usage_flags_total{flag="over_reservation",model="claude-haiku-5-5"}' in metrics
+
+
+def test_the_cut_reads_as_a_length_stop_to_an_openai_client(gateway: Gateway) -> None:
+    key = gateway.metered_key  # type: ignore[attr-defined]
+    body = {
+        "model": "claude-haiku-5-5",
+        "max_tokens": 20,
+        "stream": True,
+        "messages": [{"role": "user", "content": "go"}],
+    }
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{gateway.url}/v1/chat/completions"
+    with httpx.stream("POST", url, headers=headers, json=body, timeout=30) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "length" and finishes.count("length") == 1
