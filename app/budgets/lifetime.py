@@ -27,11 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.budgets.limiter import BudgetBackendUnavailable
+from app.budgets.redis_store import redis_unavailable
 from app.budgets.store import StoreUnavailable
 from app.budgets.windows import team_keys
 
@@ -287,10 +286,10 @@ class RedisLifetimeStore:
             except NoScriptError:
                 await self.redis.script_load(source)
                 return await self.redis.evalsha(sha, 1, key, *args)
-        except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
         except RedisError as exc:
-            if str(exc).startswith(("OOM", "READONLY", "MASTERDOWN", "LOADING", "CLUSTERDOWN", "TRYAGAIN")):
+            if redis_unavailable(exc):
                 raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
             raise
 

@@ -89,7 +89,8 @@ PUBLISH_LUA = _lua("publish")
 _UNAVAILABLE_PREFIXES = ("OOM", "READONLY", "MASTERDOWN", "LOADING", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "BUSY")
 
 
-def _unavailable(exc: RedisError) -> bool:
+def redis_unavailable(exc: RedisError) -> bool:
+    """Whether a redis-py error means "cannot use Redis now" (so: fail open or closed), not a bug."""
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, InvalidResponse)):
         return True
     return isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
@@ -211,7 +212,7 @@ class RedisStore:
         try:
             return await script(keys=keys, args=args)
         except RedisError as exc:
-            if _unavailable(exc):
+            if redis_unavailable(exc):
                 raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
             raise
         except OSError as exc:
@@ -312,7 +313,7 @@ class RedisStore:
                     await self._reconcile(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
                 await pipe.execute()
         except RedisError as exc:
-            if _unavailable(exc):
+            if redis_unavailable(exc):
                 raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
             raise
         except OSError as exc:
